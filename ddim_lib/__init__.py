@@ -1,0 +1,25 @@
+"""ddim_lib: Denoising Diffusion Implicit Models (Song, Meng & Ermon, ICLR 2021), derived and verified.
+
+Notation (paper -> code): the paper's alpha_t is DDPM's alpha-bar_t, ``alpha_bars[t]`` here;
+``betas``, ``alphas = 1 - betas`` are DDPM's per-step quantities. Code indices t = 0..T-1 stand for
+the paper's t = 1..T, and alpha-bar at t = -1 is 1. Models predict eps: ``model(x, t)`` with x of
+shape (B, ...) and t a LongTensor of shape (B,).
+"""
+from .forward import LinearGaussian, ddpm_posterior, q_mean_var, q_sample, q_sigma_forward, q_sigma_reverse
+from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, predict_x0, sample,
+                      sigma_eta, sigma_hat, slerp)
+from .schedule import NoiseSchedule
+from .theory import (appendix_b_gamma, ddpm_gamma, ddpm_sigmas, eta_sigmas, kl_to_standard_normal,
+                     theorem1_constant, theorem1_gamma)
+from .timesteps import official_quadratic_timesteps, timesteps
+from .toy import TOY2D_NAMES, GaussianMixture, OracleEps, toy2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NoiseSchedule", "q_sample", "q_mean_var", "ddpm_posterior", "q_sigma_reverse", "q_sigma_forward",
+    "LinearGaussian", "sigma_eta", "sigma_hat", "predict_x0", "predict_eps", "ddim_step", "timesteps",
+    "official_quadratic_timesteps", "sample", "ddpm_sample", "encode", "slerp", "Trajectory",
+    "theorem1_gamma", "ddpm_gamma", "appendix_b_gamma", "ddpm_sigmas", "eta_sigmas",
+    "theorem1_constant", "kl_to_standard_normal", "GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES",
+]

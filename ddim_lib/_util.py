@@ -1,0 +1,42 @@
+"""Small shared helpers: broadcasting per-sample coefficients and validating numbers."""
+from __future__ import annotations
+
+import torch
+
+
+def as_tensor_like(value, ref: torch.Tensor) -> torch.Tensor:
+    """``value`` as a tensor with ``ref``'s dtype and device."""
+    return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
+
+
+def expand_to(coef, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a scalar or per-sample coefficient (B,) to broadcast against x of shape (B, ...)."""
+    coef = as_tensor_like(coef, x)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"a coefficient must be a scalar or have shape (B,) = ({x.shape[0]},), "
+                         f"got shape {tuple(coef.shape)}")
+    return coef.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def check_alpha_bar(a, name: str) -> torch.Tensor:
+    """Validate that alpha-bar values lie in (0, 1]."""
+    a = torch.as_tensor(a)
+    if not a.is_floating_point():
+        a = a.to(torch.get_default_dtype())
+    if not torch.isfinite(a).all() or (a <= 0).any() or (a > 1).any():
+        raise ValueError(f"{name} must lie in (0, 1], got {a.tolist() if a.numel() < 8 else a}")
+    return a
+
+
+def check_admissible_sigma(sigma, a_prev, atol: float = 1e-12) -> None:
+    """Eq. 7 needs 0 <= sigma^2 <= 1 - alpha_bar_prev (the square root must stay real)."""
+    sigma = torch.as_tensor(sigma)
+    a_prev = torch.as_tensor(a_prev, dtype=sigma.dtype if sigma.is_floating_point() else None)
+    if not torch.isfinite(sigma).all() or (sigma < 0).any():
+        raise ValueError("sigma must be finite and non-negative")
+    excess = sigma.double() ** 2 - (1 - a_prev.double())
+    if (excess > atol).any():
+        raise ValueError("sigma is inadmissible: eq. 7 needs sigma^2 <= 1 - alpha_bar_prev, but "
+                         f"sigma^2 exceeds it by up to {excess.max().item():.3g}")
