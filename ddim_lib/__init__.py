@@ -23,3 +23,26 @@ __all__ = [
     "theorem1_gamma", "ddpm_gamma", "appendix_b_gamma", "ddpm_sigmas", "eta_sigmas",
     "theorem1_constant", "kl_to_standard_normal", "GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES",
 ]
+
+# Training, models and evaluation pull in heavier modules: import them on first use.
+_LAZY = {
+    "build_model": "ddim_lib.models",
+    "PRESETS": "ddim_lib.models",
+    "train": "ddim_lib.train",
+    "TrainConfig": "ddim_lib.train",
+    "load_checkpoint": "ddim_lib.checkpoint",
+    "save_checkpoint": "ddim_lib.checkpoint",
+    "load_dataset": "ddim_lib.data",
+    "frechet_distance": "ddim_lib.evaluate",
+    "load_pretrained": "ddim_lib.pretrained",
+    "list_pretrained": "ddim_lib.pretrained",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ddim_lib' has no attribute {name!r}")
