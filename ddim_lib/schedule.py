@@ -6,6 +6,7 @@ the paper's t = 1..T, and ``alpha_bar(-1) == 1`` (the "t = 0" of the paper: no n
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -25,9 +26,9 @@ def _check_betas(betas: torch.Tensor) -> None:
 
 
 def _check_T(T: int) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+    if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:   # numpy ints welcome
         raise ValueError(f"T must be a positive integer, got {T!r}")
-    return T
+    return int(T)
 
 
 class NoiseSchedule:
@@ -54,7 +55,7 @@ class NoiseSchedule:
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                dtype: torch.dtype = torch.float64) -> "NoiseSchedule":
         """DDPM's schedule: beta_t linear from ``beta_start`` to ``beta_end`` over T steps."""
-        _check_T(T)
+        T = _check_T(T)
         if not (0 < beta_start < 1 and 0 < beta_end < 1):
             raise ValueError(f"beta_start and beta_end must lie in (0, 1), got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), dtype=dtype)
@@ -66,7 +67,7 @@ class NoiseSchedule:
 
         beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at ``max_beta``.
         """
-        _check_T(T)
+        T = _check_T(T)
         if s < 0:
             raise ValueError(f"s must be non-negative, got {s}")
         if not 0 < max_beta < 1:
