@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip's "Location ... is ignored" lines come from this machine's registry mirror config: drop them.
 QUIET := sed -u '/is ignored: it is neither/d'
 
-.PHONY: test book bench lab venv clean
+.PHONY: test book site-assets assignments bench lab venv clean
 
 venv: $(STAMP)
 
@@ -23,14 +23,39 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch, ddim_lib, nbval, jupytext" 
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) book
 	rm -rf $(NB_BUILD) && mkdir -p $(NB_BUILD)
 	$(BIN)/python tools/convert_notebooks.py notebooks $(NB_BUILD)
 	# one pytest run: the library tests and every chapter executed by nbval
 	$(BIN)/python -m pytest tests $(NB_BUILD) --nbval-lax --durations=15
 
-book: $(STAMP)
-	$(BIN)/jupyter-book build book -W --keep-going
+# The site: built from the repository root (the chapters stay in notebooks/), every notebook
+# executed, warnings are errors. MathJax 3 and the ipywidgets JavaScript come from the npm registry
+# into build/ (installed only when missing) and are served from the site itself: no CDN.
+SITE_NPM := build/site_npm
+SITE_STATIC := build/site_static
+NPM_PACKAGES := mathjax@3.2.2 @jupyter-widgets/html-manager@1.0.6 requirejs@2.3.4
+
+book: $(STAMP) site-assets
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml --path-output book \
+	  -W --keep-going
+
+site-assets: $(SITE_STATIC)/.complete
+
+$(SITE_STATIC)/.complete:
+	test -f $(SITE_NPM)/node_modules/mathjax/es5/tex-chtml.js || \
+	  npm install --prefix $(SITE_NPM) --no-audit --no-fund --loglevel=error $(NPM_PACKAGES)
+	rm -rf $(SITE_STATIC) && mkdir -p $(SITE_STATIC)/widgets
+	cp -r $(SITE_NPM)/node_modules/mathjax/es5 $(SITE_STATIC)/mathjax
+	cp $(SITE_NPM)/node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js \
+	  $(SITE_NPM)/node_modules/requirejs/require.js $(SITE_STATIC)/widgets/
+	touch $@
+
+# Classroom assignments: otter-grader master notebooks -> student versions and autograder zips.
+ASSIGNMENTS_BUILD := build/assignments
+
+assignments: $(STAMP)
+	$(BIN)/python tools/build_assignments.py assignments $(ASSIGNMENTS_BUILD)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

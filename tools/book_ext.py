@@ -1,0 +1,174 @@
+"""Sphinx extension for the book: the claims-ledger table, anchors on checking cells, .ipynb downloads.
+
+- ``claims-ledger`` directive: a table of every claim in CLAIMS.md with links to the notebook cells
+  that check it. A checking cell is a code cell of ``notebooks/NN_*.md`` tagged ``claim-XX`` or whose
+  first line is ``# claim: XX`` (comma-separated IDs allowed): the rules of tests/test_ledger.py.
+- Each checking cell gets the HTML anchor ``claim-xx`` (then ``claim-xx-2``, ... for further cells),
+  registered as a Sphinx label, so a broken link fails the ``-W`` build.
+- Every chapter page offers its notebook as ``.ipynb`` (the executed copy) in the download menu.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import jupytext
+from docutils import nodes
+from sphinx.addnodes import pending_xref
+from sphinx.util.docutils import SphinxDirective
+
+CHAPTER_GLOB = "notebooks/[0-9][0-9]_*.md"
+ID_RE = re.compile(r"^[A-Z]\d+$")
+FIRST_LINE_RE = re.compile(r"#\s*claims?:\s*(.+)$")
+
+
+def read_ledger(path: Path) -> list[dict]:
+    """The rows of CLAIMS.md's table: id, claim, paper, chapter (as in tests/test_ledger.py)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip().replace("¦", "|")
+                 for c in line.replace("\\|", "¦").strip().strip("|").split("|")]
+        if len(cells) >= 5 and ID_RE.match(cells[0]):
+            rows.append({"id": cells[0], "claim": cells[1], "paper": cells[2],
+                         "chapters": [int(c) for c in re.findall(r"\d+", cells[3])]})
+    return rows
+
+
+def cell_claim_ids(cell) -> list[str]:
+    """Claim IDs a code cell checks: its ``claim-XX`` tags, then a ``# claim: XX`` first line."""
+    if cell.cell_type != "code":
+        return []
+    ids = [t[len("claim-"):] for t in cell.metadata.get("tags", []) if t.startswith("claim-")]
+    first = cell.source.lstrip().splitlines()[0] if cell.source.strip() else ""
+    m = FIRST_LINE_RE.match(first)
+    if m:
+        ids += [s.strip() for s in m.group(1).split(",") if s.strip()]
+    return ids
+
+
+@lru_cache(maxsize=8)
+def _scan(srcdir: str, stamp: tuple) -> dict[str, list[tuple[str, int, str]]]:
+    found: dict[str, list[tuple[str, int, str]]] = {}
+    for path in sorted(Path(srcdir).glob(CHAPTER_GLOB)):
+        docname = path.relative_to(srcdir).with_suffix("").as_posix()
+        for index, cell in enumerate(jupytext.read(path).cells):
+            for cid in dict.fromkeys(cell_claim_ids(cell)):
+                cells = found.setdefault(cid, [])
+                anchor = f"claim-{cid.lower()}" + (f"-{len(cells) + 1}" if cells else "")
+                cells.append((docname, index, anchor))
+    return found
+
+
+def checking_cells(srcdir: str) -> dict[str, list[tuple[str, int, str]]]:
+    """Claim ID -> [(docname, cell index, anchor)] over every chapter, in reading order."""
+    paths = sorted(Path(srcdir).glob(CHAPTER_GLOB))
+    return _scan(srcdir, tuple((str(p), p.stat().st_mtime_ns) for p in paths))
+
+
+def _anchor_cells(app, doctree) -> None:
+    """doctree-read: give each checking cell of a chapter its anchor and register it as a label."""
+    env = app.env
+    wanted = {index: [] for _, cells in checking_cells(str(env.srcdir)).items()
+              for doc, index, _ in cells if doc == env.docname}
+    if not wanted:
+        return
+    for cid, cells in checking_cells(str(env.srcdir)).items():
+        for doc, index, anchor in cells:
+            if doc == env.docname:
+                wanted[index].append((cid, anchor))
+    std = env.get_domain("std")
+    title = env.titles[env.docname].astext() if env.docname in env.titles else env.docname
+    for node in doctree.findall(nodes.container):
+        if node.get("nb_element") == "cell_code" and node.get("cell_index") in wanted:
+            for cid, anchor in wanted.pop(node["cell_index"]):
+                node["ids"].append(anchor)
+                std.labels[anchor] = (env.docname, anchor, f"{title}: claim {cid}")
+                std.anonlabels[anchor] = (env.docname, anchor)
+    for pairs in wanted.values():  # a removed cell (tag remove-cell): link to the page itself
+        section = next(doctree.findall(nodes.section), None)
+        top = section["ids"][0] if section is not None and section["ids"] else ""
+        for cid, anchor in pairs:
+            std.labels[anchor] = (env.docname, top, f"{title}: claim {cid}")
+            std.anonlabels[anchor] = (env.docname, top)
+
+
+class ClaimsLedger(SphinxDirective):
+    """``{claims-ledger}``: the table of claims with a link to every cell that checks each one."""
+
+    required_arguments = 0
+    option_spec = {}
+
+    def run(self):
+        srcdir = Path(self.env.srcdir)
+        ledger_path = srcdir / self.config.claims_ledger_file
+        self.env.note_dependency(str(ledger_path))
+        for path in sorted(srcdir.glob(CHAPTER_GLOB)):
+            self.env.note_dependency(str(path))
+        present = {int(p.name[:2]) for p in srcdir.glob(CHAPTER_GLOB)}
+        cells = checking_cells(str(srcdir))
+        rows = [self._row(r, cells.get(r["id"], []), present) for r in read_ledger(ledger_path)]
+        return [_table(["ID", "Claim", "Paper", "Chapter", "Checked in"], rows, [6, 52, 12, 8, 22])]
+
+    def _row(self, claim: dict, cells: list, present: set) -> list[nodes.Node]:
+        checked = nodes.paragraph()
+        for i, (docname, index, anchor) in enumerate(cells):
+            ref = pending_xref("", refdomain="std", reftype="ref", reftarget=anchor,
+                               refexplicit=True, refwarn=True, refdoc=self.env.docname)
+            ref += nodes.inline("", f"{docname.split('/')[-1]}, cell {index + 1}")
+            checked += [nodes.Text("; ")] if i else []
+            checked += ref
+        if not cells:
+            written = any(ch in present for ch in claim["chapters"])
+            checked += nodes.emphasis("", "no checking cell yet" if written else "chapter not written yet")
+        chapters = ", ".join(str(c) for c in claim["chapters"])
+        return [nodes.paragraph("", "", nodes.strong("", claim["id"])), nodes.paragraph("", claim["claim"]),
+                nodes.paragraph("", claim["paper"]), nodes.paragraph("", chapters), checked]
+
+
+def _table(header: list[str], rows: list[list[nodes.Node]], widths: list[int]) -> nodes.table:
+    table = nodes.table(classes=["claims-ledger"])
+    group = nodes.tgroup(cols=len(header))
+    table += group
+    group += [nodes.colspec(colwidth=w) for w in widths]
+    head, body = nodes.thead(), nodes.tbody()
+    group += [head, body]
+    head += nodes.row("", *[nodes.entry("", nodes.paragraph("", h)) for h in header])
+    for cells in rows:
+        body += nodes.row("", *[nodes.entry("", c) for c in cells])
+    return table
+
+
+def _notebook_download(app, pagename, templatename, context, doctree) -> None:
+    """Offer the chapter's notebook as .ipynb (the theme's download menu reads ipynb_source)."""
+    if doctree is not None and (Path(app.srcdir) / f"{pagename}.md").exists() \
+            and Path(app.srcdir, pagename).match(CHAPTER_GLOB[:-3]):
+        context["ipynb_source"] = f"{pagename}.ipynb"
+
+
+def _write_notebooks(app, exception) -> None:
+    """build-finished: copy each chapter's executed notebook (or its conversion) into _sources/."""
+    if exception is not None or app.builder.format != "html":
+        return
+    executed = Path(app.outdir).parent / "jupyter_execute"
+    for docname in app.env.found_docs:
+        src = Path(app.srcdir, docname + ".md")
+        if not src.exists() or not Path(app.srcdir, docname).match(CHAPTER_GLOB[:-3]):
+            continue
+        target = Path(app.outdir, "_sources", docname + ".ipynb")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        done = executed / (docname + ".ipynb")
+        if done.exists():
+            shutil.copyfile(done, target)
+        else:
+            jupytext.write(jupytext.read(src), target)
+
+
+def setup(app):
+    app.add_config_value("claims_ledger_file", "CLAIMS.md", "env")
+    app.add_directive("claims-ledger", ClaimsLedger)
+    app.connect("doctree-read", _anchor_cells)
+    app.connect("html-page-context", _notebook_download, priority=400)
+    app.connect("build-finished", _write_notebooks)
+    return {"parallel_read_safe": False, "parallel_write_safe": True, "env_version": 1}
