@@ -9,6 +9,14 @@ def as_tensor_like(value, ref: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
 
 
+def as_float(value) -> torch.Tensor:
+    """A float tensor: tensors keep a floating dtype (integers become float64); Python numbers and
+    arrays become float64, never the float32 default dtype, so scalar formulas keep full precision."""
+    if torch.is_tensor(value):
+        return value if value.is_floating_point() else value.to(torch.float64)
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
 def expand_to(coef, x: torch.Tensor) -> torch.Tensor:
     """Reshape a scalar or per-sample coefficient (B,) to broadcast against x of shape (B, ...)."""
     coef = as_tensor_like(coef, x)

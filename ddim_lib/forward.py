@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import check_admissible_sigma, expand_to
+from ._util import as_float, check_admissible_sigma, check_alpha_bar, expand_to
 from .schedule import NoiseSchedule
 
 __all__ = ["LinearGaussian", "q_mean_var", "q_sample", "ddpm_posterior",
@@ -69,8 +69,7 @@ def ddpm_posterior(x0: torch.Tensor, x_t: torch.Tensor, schedule: NoiseSchedule,
 def q_sigma_reverse(a_t, a_prev, sigma) -> LinearGaussian:
     """Eq. 7: q_sigma(x_{t-1} | x_t, x_0) = N(sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2)
     (x_t - sqrt(a_t) x0) / sqrt(1 - a_t), sigma^2 I).  Needs sigma^2 <= 1 - a_prev."""
-    a_t, a_prev, sigma = torch.broadcast_tensors(*map(_float, (a_t, a_prev, sigma)))
-    check_admissible_sigma(sigma, a_prev)
+    a_t, a_prev, sigma = _check_q_sigma_args(a_t, a_prev, sigma)
     coef_x = (1 - a_prev - sigma**2).clamp(min=0).sqrt() / (1 - a_t).sqrt()
     coef_x0 = a_prev.sqrt() - coef_x * a_t.sqrt()
     return LinearGaussian(coef_x0, coef_x, sigma**2)
@@ -80,8 +79,7 @@ def q_sigma_forward(a_t, a_prev, sigma) -> LinearGaussian:
     """Eq. 8 (Bayes on eq. 7 and the marginals): q_sigma(x_t | x_{t-1}, x_0) = N(m, v I) with
     m = sqrt(a_t) x0 + k (x_{t-1} - sqrt(a_prev) x0), k = sqrt(1 - a_prev - sigma^2) sqrt(1 - a_t) / (1 - a_prev),
     v = (1 - a_t) sigma^2 / (1 - a_prev).  ``coef_x`` multiplies x_{t-1}.  At a_prev = 1 it is q(x_t | x_0)."""
-    a_t, a_prev, sigma = torch.broadcast_tensors(*map(_float, (a_t, a_prev, sigma)))
-    check_admissible_sigma(sigma, a_prev)
+    a_t, a_prev, sigma = _check_q_sigma_args(a_t, a_prev, sigma)
     at_start = a_prev >= 1  # paper t = 1: x_{t-1} = x_0, so the "forward" is the marginal itself
     one_minus_prev = torch.where(at_start, torch.ones_like(a_prev), 1 - a_prev)
     k = (1 - a_prev - sigma**2).clamp(min=0).sqrt() * (1 - a_t).sqrt() / one_minus_prev
@@ -91,6 +89,12 @@ def q_sigma_forward(a_t, a_prev, sigma) -> LinearGaussian:
     return LinearGaussian(a_t.sqrt() - k * a_prev.sqrt(), k, var)
 
 
-def _float(v) -> torch.Tensor:
-    v = torch.as_tensor(v)
-    return v if v.is_floating_point() else v.to(torch.float64)
+def _check_q_sigma_args(a_t, a_prev, sigma):
+    """Broadcast to float tensors; a_t in (0, 1) (eq. 7 divides by 1 - a_t), a_prev in (0, 1], sigma admissible."""
+    a_t, a_prev, sigma = torch.broadcast_tensors(*map(as_float, (a_t, a_prev, sigma)))
+    if not torch.isfinite(a_t).all() or (a_t <= 0).any() or (a_t >= 1).any():
+        raise ValueError(f"a_t must lie in (0, 1) (eq. 7 divides by 1 - a_t), got {a_t.tolist() if a_t.numel() < 8 else a_t}")
+    check_alpha_bar(a_prev, "a_prev")
+    check_admissible_sigma(sigma, a_prev)
+    return a_t, a_prev, sigma
+

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import check_admissible_sigma, expand_to
+from ._util import as_float, check_admissible_sigma, expand_to
 from .schedule import NoiseSchedule
 from .timesteps import timesteps as make_timesteps
 
@@ -27,13 +27,13 @@ def sigma_eta(a_t, a_prev, eta):
     """Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)."""
     if torch.as_tensor(eta).lt(0).any():
         raise ValueError(f"eta must be non-negative, got {eta}")
-    a_t, a_prev = torch.as_tensor(a_t), torch.as_tensor(a_prev)
+    a_t, a_prev = as_float(a_t), as_float(a_prev)
     return eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
 
 
 def sigma_hat(a_t, a_prev):
     """App. D.3: sigma_hat = sqrt(1 - a_t / a_prev), DDPM's "larger" variance beta for the jump."""
-    a_t, a_prev = torch.as_tensor(a_t), torch.as_tensor(a_prev)
+    a_t, a_prev = as_float(a_t), as_float(a_prev)
     return (1 - a_t / a_prev).sqrt()
 
 
