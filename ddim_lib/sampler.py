@@ -58,7 +58,7 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_prev, sigma,
     check_admissible_sigma(sigma, a_prev)
     a_prev, sigma = expand_to(a_prev, x_t), expand_to(sigma, x_t)
     x0_pred = predict_x0(x_t, eps, a_t)                       # 1. "predicted x_0"        (eq. 9)
-    direction = (1 - a_prev - sigma**2).sqrt() * eps          # 2. "direction pointing to x_t"
+    direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps  # 2. "direction pointing to x_t"
     x_prev = a_prev.sqrt() * x0_pred + direction              # 3. their sum              (eq. 12)
     if noise is not None:
         x_prev = x_prev + sigma * noise                       # 4. "random noise"
@@ -91,6 +91,9 @@ class _Step(NamedTuple):
 def _make_step(t: int, a_t: float, a_prev: float, eta: float, variance: str) -> _Step:
     if variance == "eta":                    # eq. 12 with sigma from eq. 16
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        if sigma**2 > 1 - a_prev + 1e-12:    # possible for eta > 1 only
+            raise ValueError(f"eta = {eta} is inadmissible at t = {t}: eq. 12 needs sigma^2 <= 1 - alpha_bar_prev "
+                             f"({sigma**2:.4g} > {1 - a_prev:.4g}); use eta <= 1")
         c_x0, c_x, c_eps = math.sqrt(a_prev), 0.0, math.sqrt(max(1 - a_prev - sigma**2, 0.0))
     else:                                    # App. D.3: DDPM's posterior mean for the jump, sigma_hat
         beta = 1 - a_t / a_prev
