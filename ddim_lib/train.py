@@ -1,0 +1,346 @@
+"""The training loop behind ``ddim train``: L_simple, Adam, EMA, checkpoints, exact resume, DDP.
+
+One step (DDPM's Algorithm 1, the gamma = 1 objective of eq. 5 in the DDIM paper):
+
+    x_0 ~ data, t ~ Uniform{0..T-1}, eps ~ N(0, I)
+    loss = || eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) - eps ||^2   (mean over elements)
+    Adam step with lr warm-up and gradient clipping; EMA of the weights.
+
+Randomness is counter-based: the data order of epoch e comes from a generator seeded with
+(seed, e), and t, eps, flips and dropout of step k on rank r from generators seeded with
+(seed, r, k). The step counter is thus the whole random state, and a run resumed from a checkpoint
+continues bit for bit as if it had never stopped (on the CPU; CUDA kernels may be nondeterministic).
+
+Multi-GPU: launch with ``torchrun --nproc_per_node N``; RANK / WORLD_SIZE in the environment switch
+on DistributedDataParallel (nccl on CUDA, gloo on the CPU). Each rank reads its own shard of every
+epoch; rank 0 writes checkpoints and the log. The batch size is per rank.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import MANIFEST_FILE, load_training_state, resolve_device, save_checkpoint, unwrap
+from .data import load_dataset
+from .models import build_model, get_preset
+from .schedule import NoiseSchedule
+
+__all__ = ["TrainConfig", "train", "NonFiniteLossError", "l_simple", "LOG_FILE"]
+
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``train`` (and of ``ddim train``, one to one). None means "the preset's value"."""
+
+    preset: str = "digits"              # "cifar10", "celeba", "digits", "toy2d"
+    steps: int | None = None            # total optimiser steps (a resumed run continues up to it)
+    out: str = "runs/digits"            # the checkpoint directory (also holds log.jsonl)
+    resume: bool = False                # continue from the checkpoint in `out` (fresh start if none)
+    device: str = "auto"                # "auto": CUDA if available, else CPU; or "cpu", "cuda:0", ...
+    batch_size: int | None = None       # per process
+    lr: float | None = None             # Adam's peak learning rate
+    ema_decay: float | None = None      # EMA decay; early steps use min(decay, (1 + k) / (10 + k))
+    warmup: int | None = None           # linear learning-rate warm-up steps
+    seed: int = 0                       # seeds the model, the data order and every noise draw
+    data_root: str | None = None        # folder holding CIFAR-10 batches or images
+    data: str | None = None             # override the preset's data set (e.g. "two_moons" for toy2d)
+    log_every: int = 100                # steps between log lines (log.jsonl, progress bar)
+    ckpt_every: int = 1000              # steps between checkpoints (one is always written at the end)
+    progress: bool = True               # show a tqdm progress bar
+    bf16: bool = True                   # bfloat16 autocast (CUDA only)
+    compile: bool = False               # torch.compile the model
+    grad_clip: float | None = None      # maximal global gradient norm
+    hflip: bool | None = None           # random horizontal flips (images only)
+    n_data: int | None = None           # train on a random subset of n samples
+    model_overrides: dict = field(default_factory=dict)   # architecture options, e.g. {"ch": 64}
+    command: str | None = None          # recorded in the manifest (default: this process's argv)
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a non-finite loss or gradient (learning rate too high, bad data...)."""
+
+
+# ---- configuration --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Resolved:
+    batch_size: int
+    lr: float
+    ema_decay: float
+    warmup: int
+    steps: int
+    grad_clip: float
+    hflip: bool
+    data: str
+
+
+def _resolve(config: TrainConfig) -> _Resolved:
+    preset = get_preset(config.preset)
+
+    def pick(name):
+        value = getattr(config, name)
+        return getattr(preset, name) if value is None else value
+
+    r = _Resolved(batch_size=pick("batch_size"), lr=pick("lr"), ema_decay=pick("ema_decay"),
+                  warmup=pick("warmup"), steps=pick("steps"), grad_clip=pick("grad_clip"),
+                  hflip=pick("hflip"), data=config.data or preset.data)
+    checks = [(isinstance(r.steps, int) and r.steps >= 1, f"steps must be a positive integer, got {r.steps!r}"),
+              (isinstance(r.batch_size, int) and r.batch_size >= 1, f"batch_size must be a positive integer, got {r.batch_size!r}"),
+              (r.lr > 0 and np.isfinite(r.lr), f"lr must be positive, got {r.lr}"),
+              (0 <= r.ema_decay < 1, f"ema_decay must lie in [0, 1), got {r.ema_decay}"),
+              (isinstance(r.warmup, int) and r.warmup >= 0, f"warmup must be a non-negative integer, got {r.warmup!r}"),
+              (r.grad_clip > 0, f"grad_clip must be positive, got {r.grad_clip}"),
+              (config.log_every >= 1, f"log_every must be positive, got {config.log_every}"),
+              (config.ckpt_every >= 1, f"ckpt_every must be positive, got {config.ckpt_every}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    return r
+
+
+def _expected_shape(preset_name: str, overrides: dict) -> tuple[int, ...]:
+    preset = get_preset(preset_name)
+    kw = {**preset.model, **overrides}
+    if preset.arch == "unet":
+        return (kw["in_ch"], kw["resolution"], kw["resolution"])
+    return (kw["dim"],)
+
+
+# ---- randomness: everything is a function of (seed, rank, step) -------------------------------------
+def _mix(*keys: int) -> int:
+    """A 63-bit seed from integer keys (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(device: torch.device, *keys: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_mix(*keys))
+
+
+class _Sampler:
+    """Batches without replacement: epoch e is a permutation seeded by (seed, e), split across ranks."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int):
+        self.per_rank, self.batch_size, self.seed, self.rank, self.world = n // world, batch_size, seed, rank, world
+        self.steps_per_epoch = self.per_rank // batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch_size {batch_size} exceeds the {self.per_rank} samples per process "
+                             f"({n} samples, {world} process(es)); lower batch_size")
+        self._epoch, self._shard = -1, None
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            perm = torch.randperm(self.per_rank * self.world, generator=_generator(torch.device("cpu"), self.seed, 1, epoch))
+            self._epoch, self._shard = epoch, perm[self.rank::self.world]
+        return self._shard[i * self.batch_size:(i + 1) * self.batch_size]
+
+
+# ---- the objective and one step --------------------------------------------------------------------
+def l_simple(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             sqrt_ab: torch.Tensor, sqrt_1m_ab: torch.Tensor) -> torch.Tensor:
+    """Mean of (eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) - eps)^2; sqrt tables of shape (T,)."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    x_t = sqrt_ab[t].view(shape) * x0 + sqrt_1m_ab[t].view(shape) * noise
+    return F.mse_loss(model(x_t, t).float(), noise.float())
+
+
+def _lr_at(step: int, lr: float, warmup: int) -> float:
+    """Linear warm-up: lr * min(1, (step + 1) / warmup)."""
+    return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers copied)."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+# ---- distributed set-up ------------------------------------------------------------------------------
+def _init_distributed(device: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we initialised the process group) from RANK/WORLD_SIZE."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = resolve_device(device)
+    if world <= 1:
+        return 0, 1, dev, False
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dev, started
+
+
+def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(x)
+        x = x / world
+    return x
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+_RESUME_KEYS = ("preset", "seed", "data", "n_data", "model_overrides", "batch_size", "world_size")
+
+
+def train(config: TrainConfig) -> Path:
+    """Train ``config.preset`` and return the checkpoint directory ``config.out``."""
+    r = _resolve(config)
+    expected = _expected_shape(config.preset, config.model_overrides)
+    rank, world, device, started_group = _init_distributed(config.device)
+    try:
+        return _train(config, r, expected, rank, world, device)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world: int,
+           device: torch.device) -> Path:
+    out = Path(config.out)
+    preset = get_preset(config.preset)
+    has_checkpoint = (out / MANIFEST_FILE).is_file()
+    if has_checkpoint and not config.resume:
+        raise ValueError(f"{out} already holds a checkpoint; pass resume to continue it or choose another out")
+
+    data = load_dataset(r.data, config.data_root, n=config.n_data, generator=_generator(torch.device("cpu"), config.seed, 2))
+    if tuple(data.shape[1:]) != expected:
+        raise ValueError(f"data set {r.data!r} has samples of shape {tuple(data.shape[1:])}, but preset "
+                         f"{config.preset!r} expects {expected}")
+    data = data.to(device) if data.numel() * 4 < 2**30 else data.pin_memory() if device.type == "cuda" else data
+    sampler = _Sampler(len(data), r.batch_size, config.seed, rank, world)
+    schedule = NoiseSchedule.linear(**preset.schedule)
+    sqrt_ab = schedule.alpha_bars.sqrt().to(device, torch.float32)
+    sqrt_1m_ab = (1 - schedule.alpha_bars).sqrt().to(device, torch.float32)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.preset, **config.model_overrides).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    optimizer = torch.optim.Adam(model.parameters(), lr=r.lr)
+    train_config = {**asdict(config), **asdict(r), "world_size": world}
+    start, seconds_before = 0, 0.0
+    if has_checkpoint:
+        manifest, _ = load_training_state(out, model=model, ema_model=ema, optimizer=optimizer)
+        _check_resumable(manifest.get("train_config", {}), train_config, out)
+        start, seconds_before = manifest["step"], manifest.get("metrics", {}).get("train_seconds", 0.0)
+    use_cuda = device.type == "cuda"
+    if use_cuda and data.ndim == 4:
+        model, ema = model.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if world > 1 else model
+    net = torch.compile(net) if config.compile else net
+
+    manifest = {"preset": config.preset, "model_overrides": config.model_overrides, "schedule": preset.schedule,
+                "seed": config.seed, "data": r.data, "train_config": train_config,
+                "command": config.command or shlex.join(sys.argv)}
+    log = _Log(out / LOG_FILE, start) if rank == 0 else None
+    bar = tqdm(total=r.steps, initial=start, disable=not config.progress or rank != 0, dynamic_ncols=True,
+               desc=f"train {config.preset}")
+    window_loss, window_steps, window_bad = torch.zeros((), device=device), 0, torch.zeros((), device=device)
+    last_saved, last_loss, clock = start, None, time.perf_counter()
+    t_start = clock
+
+    for step in range(start, r.steps):
+        model.train()
+        x0 = data[sampler.indices(step).to(data.device)].to(device, non_blocking=True)
+        g = _generator(device, config.seed, 3, rank, step)
+        t = torch.randint(0, schedule.T, (x0.shape[0],), device=device, generator=g)
+        noise = torch.randn(x0.shape, device=device, generator=g)
+        if r.hflip and x0.ndim == 4:
+            flip = torch.rand(x0.shape[0], device=device, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        if use_cuda and x0.ndim == 4:
+            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(_mix(config.seed, 4, rank, step))               # dropout masks of this step
+
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, r.lr, r.warmup)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and config.bf16):
+            loss = l_simple(net, x0, t, noise, sqrt_ab, sqrt_1m_ab)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+        optimizer.step()
+        _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
+
+        window_loss += loss.detach()
+        window_bad += (~torch.isfinite(loss.detach())) | (~torch.isfinite(grad_norm))
+        window_steps += 1
+        done = step + 1
+        is_log, is_ckpt = done % config.log_every == 0 or done == r.steps, done % config.ckpt_every == 0 or done == r.steps
+        if not (is_log or is_ckpt):
+            continue
+        stats = _all_mean(torch.stack([window_loss / window_steps, window_bad.float()]), world).tolist()
+        if not np.isfinite(stats[0]) or stats[1] > 0:
+            _diverged(out, log, bar, done - window_steps, done, last_saved)
+        now = time.perf_counter()
+        last_loss, rate = stats[0], window_steps * r.batch_size * world / max(now - clock, 1e-9)
+        if log is not None:
+            log.write({"step": done, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
+                       "samples_per_s": rate, "seconds": seconds_before + now - t_start})
+        bar.set_postfix(loss=f"{last_loss:.4f}", samples_s=f"{rate:.0f}")
+        bar.update(window_steps)
+        window_loss, window_steps, window_bad, clock = torch.zeros_like(window_loss), 0, torch.zeros_like(window_bad), now
+        if is_ckpt and rank == 0:
+            manifest["metrics"] = {"loss": last_loss, "train_seconds": seconds_before + now - t_start,
+                                   "samples_seen": done * r.batch_size * world}
+            save_checkpoint(out, model=model, ema_model=ema, optimizer=optimizer, step=done, manifest=manifest)
+            last_saved = done
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _check_resumable(saved: dict, current: dict, out: Path) -> None:
+    for key in _RESUME_KEYS:
+        if key in saved and saved[key] != current[key]:
+            raise ValueError(f"cannot resume {out}: it was trained with {key} = {saved[key]!r}, "
+                             f"not {current[key]!r}")
+
+
+def _diverged(out: Path, log, bar, first: int, last: int, last_saved: int):
+    bar.close()
+    if log is not None:
+        log.write({"step": last, "event": "non-finite loss or gradient"})
+    kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint was written"
+    raise NonFiniteLossError(f"training stopped: non-finite loss or gradient between steps {first + 1} and "
+                             f"{last}; {kept}; try a lower learning rate")
+
+
+class _Log:
+    """JSON lines, one per log step; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, start: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = path.read_text().splitlines() if path.is_file() and start > 0 else []
+        kept = [row for row in rows if _row_step(row) <= start]
+        path.write_text("".join(row + "\n" for row in kept))
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _row_step(row: str) -> float:
+    try:
+        return json.loads(row).get("step", float("inf"))
+    except (json.JSONDecodeError, AttributeError):
+        return float("inf")
