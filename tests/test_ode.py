@@ -247,6 +247,7 @@ def test_float32_and_shapes(schedule):
     lambda: euler_step_sigma(torch.ones(2), torch.ones(2), 1.0, -0.5),
     lambda: euler_step_sigma_sq(torch.ones(2), torch.ones(2), 0.0, 0.0),
     lambda: ode_nfe("rk4", 3),
+    lambda: ode_nfe("heun", 0),
 ])
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
