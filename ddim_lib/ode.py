@@ -12,6 +12,7 @@ paper's; DDPM's alpha-bar_t), ``eps`` = eps_theta^(t). Samplers take the same mo
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -83,9 +84,9 @@ def euler_step_sigma_sq(x_bar: torch.Tensor, eps: torch.Tensor, sigma, sigma_nex
 def ode_nfe(method: str, S: int) -> int:
     """Model evaluations for S steps: S for Euler (either form), 2 S - 1 for Heun (last step Euler)."""
     _check_method(method)
-    if isinstance(S, bool) or not isinstance(S, int) or S < 1:
+    if isinstance(S, bool) or not isinstance(S, numbers.Integral) or S < 1:
         raise ValueError(f"S must be a positive integer, got {S!r}")
-    return 2 * S - 1 if method == "heun" else S
+    return int(2 * S - 1 if method == "heun" else S)
 
 
 @torch.no_grad()

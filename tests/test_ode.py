@@ -212,7 +212,7 @@ def test_nfe_and_integer_grid(schedule, method):
     model = CountingModel(OracleEps(GaussianMixture.ring(4, 1.0, 0.5), schedule))
     tau = [0, 10, 200, 999]
     ode_sample(model, torch.zeros(3, 2, **F64), schedule, tau, method)
-    assert model.calls == ode_nfe(method, len(tau))
+    assert model.calls == ode_nfe(method, len(tau)) == ode_nfe(method, np.int64(len(tau)))
     assert set(model.ts) == set(tau)
     if method == "heun":    # predictor at t, corrector at t', then the final Euler step at tau_1
         assert model.ts == [999, 200, 200, 10, 10, 0, 0]
@@ -248,6 +248,7 @@ def test_float32_and_shapes(schedule):
     lambda: euler_step_sigma_sq(torch.ones(2), torch.ones(2), 0.0, 0.0),
     lambda: ode_nfe("rk4", 3),
     lambda: ode_nfe("heun", 0),
+    lambda: ode_nfe("heun", 2.0),
 ])
 def test_invalid_inputs_raise(call):
     with pytest.raises(ValueError):
