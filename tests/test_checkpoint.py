@@ -1,0 +1,182 @@
+"""Checkpoints: round trips, shipped (weights + manifest only) checkpoints, atomic writes, and one
+clear CheckpointError for every kind of damage; loading never executes code."""
+import json
+import re
+
+import pytest
+import torch
+
+import ddim_lib.checkpoint as ckpt
+from ddim_lib import NoiseSchedule
+from ddim_lib.checkpoint import CheckpointError, load_checkpoint, load_training_state, save_checkpoint
+from ddim_lib.models import build_model
+
+OVERRIDES = {"hidden": 16, "depth": 1, "temb_dim": 8}
+
+
+def make_run(seed=0):
+    """A tiny toy2d model, an EMA copy that differs from it, and an Adam optimizer with state."""
+    torch.manual_seed(seed)
+    model, ema = build_model("toy2d", **OVERRIDES), build_model("toy2d", **OVERRIDES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 2), torch.randint(0, 1000, (4,))).square().mean().backward()
+    optimizer.step()
+    return model, ema, optimizer
+
+
+def save(directory, model, ema=None, optimizer=None, step=7, **manifest):
+    return save_checkpoint(directory, model=model, ema_model=ema, optimizer=optimizer, step=step,
+                           manifest={"preset": "toy2d", "model_overrides": OVERRIDES,
+                                     "schedule": {"T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+                                     "seed": 0, **manifest})
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, ema, optimizer = make_run()
+    save(tmp_path / "run", model, ema, optimizer, metrics={"loss": 0.5})
+    return tmp_path / "run", model, ema, optimizer
+
+
+def test_round_trip(saved):
+    directory, model, ema, optimizer = saved
+    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model.safetensors",
+                                                           "optimizer.pt", "raw.safetensors"]
+    loaded, schedule, manifest = load_checkpoint(directory)
+    assert same_weights(loaded, ema) and not loaded.training          # EMA weights, eval mode
+    assert same_weights(load_checkpoint(directory, ema=False)[0], model)
+    assert torch.equal(schedule.alpha_bars, NoiseSchedule.linear().alpha_bars)
+    assert manifest["step"] == 7 and manifest["preset"] == "toy2d" and manifest["metrics"] == {"loss": 0.5}
+    assert manifest["format_version"] == ckpt.FORMAT_VERSION and manifest["created"].endswith("+00:00")
+    assert set(manifest["files"]) == {"model.safetensors", "raw.safetensors", "optimizer.pt"}
+    assert manifest["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}", manifest["git_commit"])
+    assert load_checkpoint(directory / "manifest.json")[2] == manifest   # a file inside works too
+
+
+def test_training_state_round_trip(saved):
+    directory, model, ema, optimizer = saved
+    model2, ema2, optimizer2 = make_run(seed=1)
+    manifest, extra = load_training_state(directory, model=model2, ema_model=ema2, optimizer=optimizer2)
+    assert same_weights(model2, model) and same_weights(ema2, ema) and extra["step"] == manifest["step"] == 7
+    s1, s2 = optimizer.state_dict()["state"], optimizer2.state_dict()["state"]
+    assert all(torch.equal(s1[i][k], s2[i][k]) for i in s1 for k in s1[i])
+
+
+def test_shipped_checkpoint_needs_only_weights_and_manifest(saved):
+    directory, _, ema, _ = saved
+    (directory / "raw.safetensors").unlink()
+    (directory / "optimizer.pt").unlink()
+    assert same_weights(load_checkpoint(directory)[0], ema)
+    with pytest.raises(CheckpointError, match="raw.safetensors is missing"):
+        load_checkpoint(directory, ema=False)
+
+
+def test_without_ema_model_the_weights_are_the_models(tmp_path):
+    model, _, _ = make_run()
+    save(tmp_path, model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.safetensors"]
+    assert same_weights(load_checkpoint(tmp_path)[0], model)
+
+
+def one_line_error(directory, match, **kw):
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(directory, **kw)
+    assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_truncated_weights(saved):
+    directory = saved[0]
+    file = directory / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:-100])
+    one_line_error(directory, "does not match the SHA-256")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    del manifest["files"]                                   # a hand-written manifest without hashes
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(directory, "corrupt or truncated")
+    file.write_bytes(b"")
+    one_line_error(directory, "corrupt or truncated")
+
+
+def test_flipped_byte_is_caught_by_the_hash(saved):
+    directory = saved[0]
+    file = directory / "model.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-5] ^= 0xFF                                        # inside a tensor: safetensors alone would not notice
+    file.write_bytes(bytes(data))
+    one_line_error(directory, "does not match the SHA-256")
+
+
+def test_damaged_or_missing_manifest(saved, tmp_path):
+    directory = saved[0]
+    one_line_error(tmp_path / "nowhere", "does not exist")
+    one_line_error(tmp_path, "manifest.json is missing")
+    text = (directory / "manifest.json").read_text()
+    (directory / "manifest.json").write_text(text[: len(text) // 2])
+    one_line_error(directory, "corrupt or truncated")
+    (directory / "manifest.json").write_text("[1, 2]")
+    one_line_error(directory, "JSON object")
+    for change, match in [({"preset": "imagenet"}, "unknown preset"), ({"model_overrides": {"hidden": 32}}, "does not fit"),
+                          ({"format_version": 99}, "newer"), ({"schedule": {"T": 0}}, "T must be")]:
+        manifest = {**json.loads(text), **change}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+        one_line_error(directory, match)
+
+
+def test_saving_is_atomic_and_leaves_no_temporary_files(saved, monkeypatch):
+    directory, model, ema, optimizer = saved
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    calls = []
+
+    def failing_save_file(tensors, path, metadata=None):    # the second file fails mid-save
+        calls.append(path)
+        if len(calls) == 2:
+            open(path, "wb").write(b"partial")
+            raise OSError("disk full")
+        return real_save_file(tensors, path, metadata)
+
+    real_save_file = ckpt.save_file
+    monkeypatch.setattr(ckpt, "save_file", failing_save_file)
+    with pytest.raises(OSError, match="disk full"):
+        save(directory, model, ema, optimizer, step=8)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before   # untouched, no leftovers
+    assert load_checkpoint(directory)[2]["step"] == 7
+
+
+def test_manifest_needs_a_preset(tmp_path):
+    model, _, _ = make_run()
+    with pytest.raises(ValueError, match="preset"):
+        save_checkpoint(tmp_path, model=model, step=1, manifest={})
+
+
+class _Trap:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_optimizer_state_never_executes_code(saved):
+    directory, model, ema, optimizer = saved
+    trap = directory / "pwned"
+    torch.save({"optimizer": _Trap(trap), "step": 7}, directory / "optimizer.pt")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"].pop("optimizer.pt")                   # skip the hash: reach the unpickler itself
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="optimizer.pt is corrupt"):
+        load_training_state(directory, model=model, ema_model=ema, optimizer=optimizer)
+    assert not trap.exists()
+
+
+def test_resolve_device():
+    assert ckpt.resolve_device("cpu") == torch.device("cpu")
+    assert ckpt.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="invalid device"):
+        ckpt.resolve_device("gpu7")
