@@ -8,6 +8,8 @@ shape (B, ...) and t a LongTensor of shape (B,).
 from .forward import LinearGaussian, ddpm_posterior, q_mean_var, q_sample, q_sigma_forward, q_sigma_reverse
 from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, predict_x0, sample,
                       sigma_eta, sigma_hat, slerp)
+from .ode import (alpha_bar_from_sigma, euler_step_sigma, euler_step_sigma_sq, from_ve, heun_sample,
+                  ode_nfe, ode_sample, sigma_from_alpha_bar, to_ve)
 from .schedule import NoiseSchedule
 from .theory import (appendix_b_gamma, ddpm_gamma, ddpm_sigmas, eta_sigmas, kl_to_standard_normal,
                      theorem1_constant, theorem1_gamma)
@@ -22,6 +24,8 @@ __all__ = [
     "official_quadratic_timesteps", "sample", "ddpm_sample", "encode", "slerp", "Trajectory",
     "theorem1_gamma", "ddpm_gamma", "appendix_b_gamma", "ddpm_sigmas", "eta_sigmas",
     "theorem1_constant", "kl_to_standard_normal", "GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES",
+    "sigma_from_alpha_bar", "alpha_bar_from_sigma", "to_ve", "from_ve", "euler_step_sigma",
+    "euler_step_sigma_sq", "ode_sample", "heun_sample", "ode_nfe",
 ]
 
 # Training, models and evaluation pull in heavier modules: import them on first use.
