@@ -7,6 +7,7 @@ f_theta^(t)(x_t) (eq. 9), ``sigma`` = sigma_t, ``eta`` the interpolation of eq. 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -107,16 +108,18 @@ def _make_step(t: int, a_t: float, a_prev: float, eta: float, variance: str) -> 
 
 def _as_tau(schedule: NoiseSchedule, tau) -> list[int]:
     """An int S means uniform spacing; a sequence (or tensor) is validated as increasing in 0..T-1."""
-    if isinstance(tau, int) and not isinstance(tau, bool):
-        return make_timesteps(schedule.T, tau)
-    return make_timesteps(schedule.T, None, tau.tolist() if torch.is_tensor(tau) else list(tau))
+    if isinstance(tau, numbers.Integral) and not isinstance(tau, bool):   # int or numpy integer
+        return make_timesteps(schedule.T, int(tau))
+    if isinstance(tau, str):
+        raise ValueError(f"tau must be an int S or an increasing sequence of timesteps, got {tau!r}")
+    return make_timesteps(schedule.T, None, tau.tolist() if torch.is_tensor(tau) else tau)
 
 
 def _plan(schedule: NoiseSchedule, tau, eta: float, variance: str) -> list[_Step]:
     """Per-step coefficients, computed once in float64 on the host (no device syncs in the loop)."""
     if variance not in ("eta", "sigma_hat"):
         raise ValueError(f"variance must be 'eta' or 'sigma_hat', got {variance!r}")
-    if not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+    if not isinstance(eta, numbers.Real) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"eta must be a finite non-negative number, got {eta!r}")
     tau = _as_tau(schedule, tau)
     a = schedule.alpha_bars.double().cpu().tolist()

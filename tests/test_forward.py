@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from ddim_lib import (GaussianMixture, NoiseSchedule, ddpm_posterior, q_mean_var, q_sample,
@@ -263,3 +265,31 @@ def test_invalid_sigma_and_alpha_bars_raise(fn):
         fn(1.0, 1.0, 0.0)                                       # eq. 7 divides by 1 - a_t
     with pytest.raises(ValueError, match=r"a_t must lie in \(0, 1\)"):
         fn(0.0, 0.5, 0.0)
+
+
+# ---- properties over random schedules ----------------------------------------------------------------
+@settings(deadline=None, max_examples=80)
+@given(betas=st.integers(2, 300).flatmap(lambda T: st.lists(st.floats(1e-5, 0.05), min_size=T, max_size=T)),
+       data=st.data())
+def test_q_sigma_preserves_the_marginal_property(betas, data):
+    """For any schedule, any pair t > s (s = -1 allowed) and any admissible sigma (eta in [0, 1] or a
+    free fraction of the bound), eq. 7 maps N(sqrt(a_t) x0, 1 - a_t) to N(sqrt(a_s) x0, 1 - a_s) and
+    eq. 8 maps it back (Bayes: its variance is (1 - a_t) - Cov^2 / (1 - a_s))."""
+    sch = NoiseSchedule(torch.tensor(betas, dtype=torch.float64))
+    t = data.draw(st.integers(0, sch.T - 1), label="t")
+    s = data.draw(st.integers(-1, t - 1), label="s")
+    a_t, a_s = sch.alpha_bar(t).item(), sch.alpha_bar(s).item()
+    if data.draw(st.booleans(), label="use eta"):
+        sigma = float(sigma_eta(a_t, a_s, data.draw(st.floats(0, 1), label="eta")))
+    else:
+        sigma = data.draw(st.floats(0, 1), label="fraction") * math.sqrt(1 - a_s)
+    rev = q_sigma_reverse(a_t, a_s, sigma)
+    x0 = data.draw(st.floats(-3, 3), label="x0")
+    # 1 - a_t >= 1e-5 is known to eps absolute, so to <= 2.2e-11 relative; results are O(1): abs 1e-10.
+    assert (rev.coef_x0 * x0 + rev.coef_x * math.sqrt(a_t) * x0).item() == pytest.approx(math.sqrt(a_s) * x0, abs=1e-10)
+    assert (rev.coef_x**2 * (1 - a_t) + rev.var).item() == pytest.approx(1 - a_s, abs=1e-10)
+    fwd = q_sigma_forward(a_t, a_s, sigma)
+    cov = rev.coef_x.item() * (1 - a_t)
+    if s >= 0:
+        assert fwd.coef_x.item() == pytest.approx(cov / (1 - a_s), rel=1e-9, abs=1e-10)
+        assert fwd.var.item() == pytest.approx((1 - a_t) - cov**2 / (1 - a_s), rel=1e-8, abs=1e-10)

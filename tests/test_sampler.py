@@ -170,7 +170,9 @@ def test_sample_accepts_int_and_tensor_tau(linear1000, ring_oracle):
     a = sample(ring_oracle, x_T, linear1000, 10)
     b = sample(ring_oracle, x_T, linear1000, list(range(0, 1000, 100)))
     c = sample(ring_oracle, x_T, linear1000, torch.arange(0, 1000, 100))
-    assert torch.equal(a, b) and torch.equal(b, c)
+    d = sample(ring_oracle, x_T, linear1000, np.int64(10), eta=np.float32(0.0))   # numpy scalars welcome
+    e = sample(ring_oracle, x_T, linear1000, np.arange(0, 1000, 100))
+    assert torch.equal(a, b) and torch.equal(b, c) and torch.equal(c, d) and torch.equal(d, e)
 
 
 def test_eta0_is_deterministic_and_draws_no_noise(linear1000, ring_oracle):
@@ -362,6 +364,8 @@ def test_float32_and_float64_agree(linear1000, ring, ring_oracle):
     (dict(tau=1001), r"S must lie in 1\.\.T"),
     (dict(tau=[0.0, 10.0]), "integers"),
     (dict(tau=[]), "non-empty"),
+    (dict(tau=10.0), "a sequence of ints, got 10.0"),
+    (dict(tau="quadratic"), "tau must be an int S or an increasing sequence"),
 ])
 def test_sample_rejects_bad_input(linear1000, ring_oracle, kwargs, message):
     kwargs = {"tau": 10, **kwargs}
