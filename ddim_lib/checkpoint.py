@@ -16,6 +16,7 @@ points at files from another step (a mismatch is caught by the hashes).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -66,8 +67,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """``git rev-parse HEAD`` of the repository holding this package, or None outside a git checkout."""
+    """``git rev-parse HEAD`` of the repository holding this package, or None outside a git checkout.
+
+    Asked once per process (a training run saves many checkpoints of one commit).
+    """
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=10)

@@ -309,6 +309,7 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
 
 
 def _check_resumable(saved: dict, current: dict, out: Path) -> None:
+    current = json.loads(json.dumps(current, default=list))      # as the manifest stores it (tuples -> lists)
     for key in _RESUME_KEYS:
         if key in saved and saved[key] != current[key]:
             raise ValueError(f"cannot resume {out}: it was trained with {key} = {saved[key]!r}, "
