@@ -137,6 +137,17 @@ def test_rank_deficient_sets_stay_finite():
     assert np.isfinite(fd) and abs(fd) < 1e-3 * np.trace(np.cov(x, rowvar=False))
 
 
+def test_singular_pixel_covariances_of_the_digits():
+    """The digits have constant (always blank) pixels, so their pixel covariance is singular; sqrtm
+    then warns but still agrees with the symmetric eigh route. Measured: 4.34e-1 both ways, relative
+    gap 1.1e-7 (halves of 500); we allow 1e-5."""
+    x = torch.cat(digits_split()[:2]).reshape(-1, 64).double().numpy()
+    assert np.linalg.eigvalsh(np.cov(x, rowvar=False))[0] < 1e-12           # singular indeed
+    perm = np.random.default_rng(0).permutation(len(x))
+    a, b = x[perm[:500]], x[perm[500:1000]]
+    assert frechet_distance(a, b) == pytest.approx(fd_by_eigh(*gaussian_stats(a), *gaussian_stats(b)), rel=1e-5)
+
+
 def test_gaussian_stats_are_the_unbiased_moments():
     x = np.array([[1.0, 2.0], [3.0, 0.0], [2.0, 4.0]])
     mu, cov = gaussian_stats(x)

@@ -1,0 +1,519 @@
+"""The ``ddim`` command: train, sample, encode, reconstruct, interpolate, evaluate.
+
+    ddim train --config digits --steps 6000 --out runs/digits
+    ddim sample --checkpoint runs/digits --steps 50 --eta 0 --n 64 --out samples.png
+    ddim sample --pretrained toy2d-swiss_roll --steps 20 --n 2000 --out roll.png
+    ddim reconstruct --pretrained digits --steps 50 --n 16 --out recon.png
+    ddim interpolate --pretrained digits --steps 50 --frames 9 --out interp.png
+    ddim evaluate --pretrained digits --steps 50 --n 500
+
+Every verb's options come from a dataclass of defaults below (``train``'s from ``TrainConfig``).
+Errors in the arguments, the data or a checkpoint print one line ``ddim: error: ...`` and exit 1
+(argparse's usage errors exit 2); set DDIM_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .sampler import encode, sample, slerp
+from .timesteps import timesteps
+
+__all__ = ["main", "build_parser"]
+
+
+def opt(default, help: str, choices=None):
+    """A dataclass field whose metadata carries the option's help and choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+# ---- the verbs' defaults ------------------------------------------------------------------------
+@dataclass
+class ModelSource:
+    checkpoint: str | None = opt(None, "checkpoint directory written by `ddim train`")
+    pretrained: str | None = opt(None, "a shipped model instead: digits, toy2d-<data> (see `ddim list`)")
+    device: str = opt("auto", "auto (CUDA if available), cpu, cuda, cuda:1, ...")
+
+
+@dataclass
+class Sampling:
+    steps: int = opt(50, "S, the number of sampling steps (the length of tau)")
+    eta: float = opt(0.0, "eq. 16: 0 = DDIM (deterministic), 1 = DDPM's posterior variance")
+    spacing: str = opt("uniform", "timestep subsequence tau (App. D.2)", ("uniform", "quadratic"))
+    variance: str = opt("eta", "eta: sigma of eq. 16; sigma_hat: App. D.3's larger variance",
+                        ("eta", "sigma_hat"))
+    clip: bool = opt(False, "clip each predicted x_0 to [-1, 1] (images only; the paper does not)")
+    seed: int = opt(0, "random seed of the latents x_T and of the sampling noise")
+    batch_size: int = opt(500, "samples per model call batch")
+
+
+@dataclass
+class SampleOptions:
+    out: str = opt("samples.png", "PNG to write (image grid, or scatter plot for 2-D data); "
+                   "the raw samples go next to it as .npy")
+    n: int = opt(64, "number of samples")
+
+
+@dataclass
+class EncodeOptions:
+    out: str = opt("latents.npy", "where to write the latents x_T (.npy), or the PNG for reconstruct")
+    n: int = opt(16, "number of data points to encode (a seeded random subset of the data set)")
+    input: str | None = opt(None, ".npy file of data points (N, ...) to encode instead of the data set")
+    data_root: str | None = opt(None, "folder of the data set (cifar10, celeba)")
+
+
+@dataclass
+class ReconstructOptions(EncodeOptions):
+    out: str = opt("reconstruction.png", "PNG to write (data above reconstructions); the "
+                   "reconstructions go next to it as .npy")
+
+
+@dataclass
+class InterpolateOptions:
+    out: str = opt("interpolation.png", "PNG strip to write; the decoded frames go next to it as .npy")
+    frames: int = opt(9, "frames per row, from lam = 0 to lam = 1")
+    rows: int = opt(4, "independent pairs of latents, one per row")
+    latents: str | None = opt(None, ".npy of latents (e.g. from `ddim encode`); rows pair 0-1, 2-3, ...")
+
+
+@dataclass
+class EvaluateOptions:
+    n: int = opt(500, "samples, and real points in each half of the reference")
+    samples: str | None = opt(None, ".npy of samples (N, ...) to score instead of sampling a model")
+    data: str | None = opt(None, "data set to compare with (default: the model's)")
+    data_root: str | None = opt(None, "folder of the data set (cifar10, celeba)")
+    features: str = opt("auto", "comma-separated: pixel, digits, inception (auto: pixel, plus digits "
+                        "for the digits data)")
+    inception: str | None = opt(None, "local TorchScript Inception file (e.g. inception-2015-12-05.pt)")
+    json: str | None = opt(None, "also write the results to this JSON file")
+
+
+TRAIN_HELP = {
+    "preset": "model preset: cifar10, celeba, digits, toy2d", "steps": "training steps (default: the preset's)",
+    "out": "checkpoint directory", "resume": "continue from the checkpoint in --out",
+    "device": "auto, cpu, cuda, ...", "batch_size": "batch size (default: the preset's)",
+    "lr": "Adam learning rate (default: the preset's)", "ema_decay": "EMA decay (default: the preset's)",
+    "warmup": "learning-rate warm-up steps (default: the preset's)", "seed": "random seed",
+    "data_root": "folder of the data set (cifar10, celeba)",
+    "data": "override the preset's data set (e.g. two_moons for toy2d)",
+    "log_every": "log every this many steps", "ckpt_every": "save a checkpoint every this many steps",
+    "progress": "show a progress bar", "bf16": "bfloat16 autocast (CUDA only)",
+    "compile": "torch.compile the model", "grad_clip": "maximal gradient norm (default: the preset's)",
+    "hflip": "random horizontal flips of images (default: the preset's)",
+    "n_data": "train on a random subset of this many samples (default: all)",
+    "model_overrides": "architecture options as JSON, e.g. '{\"ch\": 64}'",
+    "command": "command line recorded in the manifest (default: this one)",
+}
+
+
+# ---- argparse from dataclasses --------------------------------------------------------------------
+def _base_type(hint):
+    """int | None -> int; Literal choices are left to the field's metadata."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _json_object(text: str) -> dict:
+    """argparse type for a JSON object such as '{"ch": 64}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"ch\": 64}'")
+    return value
+
+
+def add_options(parser, cls, help_table: dict | None = None, rename: dict | None = None) -> None:
+    """One --option per field of the dataclass ``cls``, typed by its annotation, with its default.
+
+    int/float/str/Path fields take a value; bool fields are flags (--x, or --x/--no-x when the
+    default is True or None); dict fields take a JSON object; Literal types become choices.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        kind = _base_type(hint)
+        flag = "--" + f.name.replace("_", "-")
+        alias = (rename or {}).get(f.name)
+        names = [flag] if alias is None else ["--" + alias, flag]
+        help_text = f.metadata.get("help") or (help_table or {}).get(f.name, f.name.replace("_", " "))
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = (None if required else f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())
+        if default is not None and default != {} and "default" not in help_text:
+            help_text += " (default: %(default)s)"
+        kw = dict(dest=f.name, default=default, help=help_text)
+        if kind is bool:
+            kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif kind is dict or typing.get_origin(kind) is dict:
+            kw.update(type=_json_object, metavar="JSON")
+        else:
+            choices = f.metadata.get("choices")
+            if typing.get_origin(kind) is typing.Literal:
+                choices, kind = typing.get_args(kind), str
+            kw.update(type=kind if kind in (int, float, Path) else str, required=required, choices=choices)
+        parser.add_argument(*names, **kw)
+
+
+def _parse(args, cls):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ---- shared steps -------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    schedule: object
+    manifest: dict
+    shape: tuple
+    data: str
+    device: torch.device
+
+
+def _load_model(src: ModelSource) -> Loaded:
+    from .checkpoint import load_checkpoint, resolve_device
+    from .models import get_preset
+    from .pretrained import pretrained_path
+
+    if (src.checkpoint is None) == (src.pretrained is None):
+        raise ValueError("give exactly one of --checkpoint DIR and --pretrained NAME")
+    device = resolve_device(src.device)
+    path = pretrained_path(src.pretrained) if src.pretrained else Path(src.checkpoint)
+    model, schedule, manifest = load_checkpoint(path, device=device)
+    preset = get_preset(manifest["preset"])
+    data = manifest.get("data") or (manifest.get("config") or {}).get("data") or preset.data
+    shape = tuple(manifest.get("shape") or preset.shape)
+    return Loaded(model.eval(), schedule.to(device), manifest, shape, data, device)
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"--{name} must be a positive integer, got {value}")
+    return value
+
+
+def _run_sampler(m: Loaded, x_T: torch.Tensor, s: Sampling, generator) -> torch.Tensor:
+    tau = timesteps(m.schedule.T, s.steps, s.spacing)
+    out = [sample(m.model, x, m.schedule, tau, eta=s.eta, variance=s.variance, generator=generator,
+                  clip_x0=s.clip) for x in x_T.split(_positive("batch-size", s.batch_size))]
+    return torch.cat(out).cpu()
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _out_path(out: str, suffix: str) -> Path:
+    path = Path(out)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"--out must name a {suffix} file, got {out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_npy(path: Path, array: torch.Tensor) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array.numpy())
+    os.replace(tmp, path)
+
+
+def _load_npy(path: str, name: str) -> torch.Tensor:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no {name} file at {path}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable .npy array ({str(err).splitlines()[0]})") from None
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def _check_shape(x: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{what} must have shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+    return x
+
+
+# ---- pictures -----------------------------------------------------------------------------------
+def image_grid(x: torch.Tensor, ncol: int | None = None, min_cell: int = 32) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 grid (rows, cols[, 3]), cells upscaled to >= min_cell pixels."""
+    n, c, h, w = x.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    scale = max(1, min_cell // max(h, w))
+    cells = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    cells = cells.repeat(scale, axis=2).repeat(scale, axis=3)
+    h, w, pad = h * scale, w * scale, 2
+    grid = np.full((c, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = cells[i]
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def _save_png(path: Path, x: torch.Tensor, ncol: int | None = None, title: str = "",
+              reference: torch.Tensor | None = None, paths: bool = False) -> None:
+    """Images as a grid; 2-D points as a scatter plot (over ``reference`` points in grey)."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    if x.ndim == 4:
+        from PIL import Image
+        Image.fromarray(image_grid(x, ncol)).save(tmp)
+    elif x.ndim in (2, 3) and x.shape[-1] == 2:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5, 5))
+        if reference is not None:
+            ax.scatter(*reference.T, s=2, c="0.8", label="data")
+        if paths and x.ndim == 3:            # interpolation rows: (rows, frames, 2)
+            for row in x:
+                ax.plot(*row.T, "-o", ms=3)
+        else:
+            pts = x.reshape(-1, 2)
+            ax.scatter(*pts.T, s=3, c="C0", label="samples")
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    else:
+        raise ValueError(f"cannot draw samples of shape {tuple(x.shape)} (images or 2-D points only)")
+    os.replace(tmp, path)
+
+
+def _reference_points(m: Loaded, n: int):
+    """A few data points to draw under 2-D samples (toy sets only: generated, never read)."""
+    from .toy import TOY2D_NAMES, toy2d
+    return toy2d(m.data, n, torch.Generator().manual_seed(1)) if m.data in TOY2D_NAMES else None
+
+
+# ---- the verbs ----------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .train import TrainConfig, train
+    config = _parse(args, TrainConfig)
+    if config.command is None:
+        config.command = shlex.join(["ddim", *args.argv])
+    path = train(config)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    src, s, o = _parse(args, ModelSource), _parse(args, Sampling), _parse(args, SampleOptions)
+    png = _out_path(o.out, ".png")
+    m = _load_model(src)
+    g = _generator(m.device, s.seed)
+    x_T = torch.randn((_positive("n", o.n), *m.shape), generator=g, device=m.device)
+    x0 = _run_sampler(m, x_T, s, g)
+    if not torch.isfinite(x0).all():
+        raise ValueError("sampling produced non-finite values (a diverged or untrained model?)")
+    _save_npy(png.with_suffix(".npy"), x0)
+    title = f"{m.manifest['preset']} ({m.data}): S = {s.steps}, eta = {s.eta}, {s.spacing}"
+    _save_png(png, x0, title=title, reference=_reference_points(m, 2000) if x0.ndim == 2 else None)
+    print(f"wrote {png} and {png.with_suffix('.npy')}: {o.n} samples of shape {m.shape}")
+    return 0
+
+
+def _data_points(m: Loaded, e: EncodeOptions, seed: int) -> torch.Tensor:
+    if e.input is not None:
+        return _check_shape(_load_npy(e.input, "input"), m.shape, "--input")[: _positive("n", e.n)]
+    from .data import load_dataset
+    return load_dataset(m.data, root=e.data_root, n=_positive("n", e.n), generator=torch.Generator().manual_seed(seed))
+
+
+def cmd_encode(args) -> int:
+    src, s, e = _parse(args, ModelSource), _parse(args, Sampling), _parse(args, EncodeOptions)
+    out = _out_path(e.out, ".npy")
+    m = _load_model(src)
+    x0 = _data_points(m, e, s.seed)
+    z = encode(m.model, x0.to(m.device), m.schedule, timesteps(m.schedule.T, s.steps, s.spacing)).cpu()
+    _save_npy(out, z)
+    print(f"wrote {out}: {len(z)} latents; mean {z.mean():.3f}, std {z.std():.3f} (N(0, I) would give 0, 1)")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    src, s, e = _parse(args, ModelSource), _parse(args, Sampling), _parse(args, ReconstructOptions)
+    png = _out_path(e.out, ".png")
+    m = _load_model(src)
+    x0 = _data_points(m, e, s.seed)
+    tau = timesteps(m.schedule.T, s.steps, s.spacing)
+    z = encode(m.model, x0.to(m.device), m.schedule, tau)
+    recon = sample(m.model, z, m.schedule, tau, eta=0.0).cpu()
+    mse = ((recon.double() - x0.double()) ** 2).mean().item()
+    _save_npy(png.with_suffix(".npy"), recon)
+    if x0.ndim == 4:   # originals in the odd rows, reconstructions below them
+        ncol = min(len(x0), 8)
+        rows = [t for i in range(0, len(x0), ncol) for t in (x0[i:i + ncol], recon[i:i + ncol])]
+        _save_png(png, torch.cat(rows), ncol=ncol)
+    else:
+        _save_png(png, torch.stack([x0, recon], 1), paths=True,
+                  title=f"data -> encode -> decode (S = {s.steps}): per-dim MSE {mse:.2e}")
+    print(f"reconstruction error per dimension (S = {s.steps}, eta = 0): MSE {mse:.3e}, RMSE {math.sqrt(mse):.3e}")
+    print(f"wrote {png} and {png.with_suffix('.npy')}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    src, s, o = _parse(args, ModelSource), _parse(args, Sampling), _parse(args, InterpolateOptions)
+    png = _out_path(o.out, ".png")
+    m = _load_model(src)
+    rows, frames = _positive("rows", o.rows), _positive("frames", o.frames)
+    if frames < 2:
+        raise ValueError("--frames must be at least 2")
+    if o.latents is not None:
+        z = _check_shape(_load_npy(o.latents, "latents"), m.shape, "--latents")
+        if len(z) < 2:
+            raise ValueError(f"--latents needs at least 2 latents, got {len(z)}")
+        rows = min(rows, len(z) // 2)
+        z = z[: 2 * rows].to(m.device)
+    else:
+        z = torch.randn((2 * rows, *m.shape), generator=_generator(m.device, s.seed), device=m.device)
+    z0, z1 = z[0::2], z[1::2]
+    lams = torch.linspace(0, 1, frames).tolist()
+    path = torch.stack([slerp(z0, z1, lam) for lam in lams], 1)            # (rows, frames, ...)
+    decoded = _run_sampler(m, path.reshape(rows * frames, *m.shape), s, None)
+    decoded = decoded.reshape(rows, frames, *m.shape)
+    _save_npy(png.with_suffix(".npy"), decoded)
+    if decoded.ndim == 5:
+        _save_png(png, decoded.reshape(rows * frames, *m.shape), ncol=frames)
+    else:
+        _save_png(png, decoded, paths=True, reference=_reference_points(m, 2000),
+                  title=f"slerp between latents, decoded with DDIM (S = {s.steps})")
+    print(f"wrote {png} and {png.with_suffix('.npy')}: {rows} rows x {frames} frames")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_dataset
+    from .evaluate import frechet_distance, get_features
+    from .toy import TOY2D_NAMES
+
+    src, s, o = _parse(args, ModelSource), _parse(args, Sampling), _parse(args, EvaluateOptions)
+    n = _positive("n", o.n)
+    if o.samples is not None and (src.checkpoint or src.pretrained):
+        raise ValueError("give either --samples FILE.npy or a model (--checkpoint/--pretrained), not both")
+    m = None if o.samples is not None else _load_model(src)
+    data_name = o.data or (m.data if m else None)
+    if data_name is None:
+        raise ValueError("--samples needs --data NAME (the data set to compare with)")
+    g = torch.Generator().manual_seed(s.seed + 1)
+    data = load_dataset(data_name, root=o.data_root, n=2 * n if data_name in TOY2D_NAMES else None)
+    if 2 * n > len(data):
+        raise ValueError(f"--n {n} is too large: the reference needs 2n = {2 * n} of the {len(data)} "
+                         f"points of {data_name}")
+    perm = torch.randperm(len(data), generator=g)
+    real_a, real_b = data[perm[:n]], data[perm[n:2 * n]]
+    if m is not None:
+        x_T = torch.randn((n, *m.shape), generator=_generator(m.device, s.seed), device=m.device)
+        samples = _run_sampler(m, x_T, s, _generator(m.device, s.seed + 2))
+    else:
+        samples = _check_shape(_load_npy(o.samples, "samples"), tuple(data.shape[1:]), "--samples")
+        if len(samples) < n:
+            raise ValueError(f"--samples holds {len(samples)} samples, fewer than --n {n}")
+        samples = samples[:n]
+    names = o.features.split(",") if o.features != "auto" else ["pixel"] + (["digits"] if data_name == "digits" else [])
+    results = {"n": n, "data": data_name, "steps": s.steps if m else None, "eta": s.eta if m else None,
+               "spacing": s.spacing if m else None, "fd": {}}
+    print(f"Frechet distance, {n} samples vs {n} real points of {data_name}; reference: two disjoint real halves")
+    for name in names:
+        features = get_features(name.strip(), o.inception)
+        fd = frechet_distance(features(samples), features(real_a))
+        ref = frechet_distance(features(real_b), features(real_a))
+        results["fd"][name] = {"samples": fd, "reference": ref, "ratio": fd / ref if ref > 0 else None}
+        print(f"  {name:>9}: samples {fd:.4g}   real halves {ref:.4g}   ratio {fd / ref:.3g}")
+    if o.json:
+        Path(o.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(o.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .pretrained import PRETRAINED_DIR, list_pretrained
+    for name in list_pretrained():
+        manifest = json.loads((PRETRAINED_DIR / name / "manifest.json").read_text())
+        print(f"{name:24s} preset {manifest['preset']:8s} step {manifest.get('step')}  "
+              f"metrics {json.dumps(manifest.get('metrics') or {})}")
+    return 0
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddim", description="Denoising Diffusion Implicit Models: "
+                                     "train, sample, invert, interpolate and evaluate.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    titles = {ModelSource: "model", Sampling: "sampler"}
+
+    def verb(name, func, help_text, *classes):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for cls in classes:
+            add_options(p.add_argument_group(titles.get(cls, name)), cls)
+        p.set_defaults(func=func)
+        return p
+
+    train_p = sub.add_parser("train", help="train a model (options map onto ddim_lib.TrainConfig)",
+                             description="Train an eps-network on a preset; writes checkpoints to --out.")
+    train_p.set_defaults(func=cmd_train, train_parser=True)
+    _add_train_options(train_p)
+    verb("sample", cmd_sample, "sample with the generalised DDIM sampler (eq. 12); PNG + .npy",
+         ModelSource, Sampling, SampleOptions)
+    verb("encode", cmd_encode, "DDIM inversion (eq. 13 run forward): data -> latents x_T (.npy)",
+         ModelSource, Sampling, EncodeOptions)
+    verb("reconstruct", cmd_reconstruct, "encode data, decode it again, report the per-dimension error",
+         ModelSource, Sampling, ReconstructOptions)
+    verb("interpolate", cmd_interpolate, "slerp between latents and decode each frame (PNG strip)",
+         ModelSource, Sampling, InterpolateOptions)
+    verb("evaluate", cmd_evaluate, "Frechet distance of samples to the data, with a real-vs-real reference",
+         ModelSource, Sampling, EvaluateOptions)
+    verb("list", cmd_list, "list the shipped pretrained models")
+    return parser
+
+
+def _add_train_options(parser) -> None:
+    try:
+        from .train import TrainConfig
+    except ImportError as err:    # keep every other verb usable
+        parser.set_defaults(train_unavailable=str(err))
+        return
+    add_options(parser, TrainConfig, help_table=TRAIN_HELP, rename={"preset": "config"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ddim`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = parser.parse_args(argv)
+        args.argv = argv
+        if getattr(args, "train_unavailable", None):
+            raise ValueError(f"training is unavailable: {args.train_unavailable}")
+        return args.func(args)
+    except SystemExit as exit_:          # --help (0) and argparse's usage errors (2)
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; FileNotFoundError an OSError
+        if os.environ.get("DDIM_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"ddim: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ddim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
