@@ -57,6 +57,13 @@ ASSIGNMENTS_BUILD := build/assignments
 assignments: $(STAMP)
 	$(BIN)/python tools/build_assignments.py assignments $(ASSIGNMENTS_BUILD)
 
+# Benchmarks against the peers: a table on stdout and build/bench/results.json (see benchmarks/README.md).
+# diffusers is the benchmark-only extra, installed here when missing; the chapters and the whole book
+# are timed too (--notebooks), which needs the site assets.
+bench: $(STAMP) site-assets
+	$(BIN)/python -c "import diffusers" 2>/dev/null || $(BIN)/pip install -q -e ".[bench]" 2>&1 | $(QUIET)
+	$(BIN)/python -m benchmarks.run --notebooks
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 

@@ -1,0 +1,86 @@
+"""Training benchmark: one optimiser step of ddim_lib's CIFAR-10 UNet versus diffusers' UNet2DModel
+at the same configuration (35,746,307 parameters each), same batch, same loss, same optimiser."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import ddim_lib
+
+from .timing import alternate, ratio, summary
+
+CIFAR10_PARAMETERS = 35_746_307   # DDPM's and the official DDIM code's count for this configuration
+
+
+def diffusers_cifar10_unet(dropout: float = 0.1) -> nn.Module:
+    """DDPM's CIFAR-10 UNet written as a diffusers UNet2DModel (dropout 0.1 as the paper's model)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                       attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
+                       flip_sin_to_cos=False, freq_shift=1, dropout=dropout)
+
+
+class _EpsOnly(nn.Module):
+    """diffusers' models return a dataclass: unwrap ``.sample`` so both sides are ``model(x, t) -> eps``."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def make_step(model: nn.Module, batch: int, resolution: int, channels: int = 3, seed: int = 0):
+    """One optimiser step on L_simple's regression (eps_theta(x_t, t) - eps)^2 with Adam (lr 2e-4),
+    on a fixed random batch (timing does not depend on the values)."""
+    g = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(batch, channels, resolution, resolution, generator=g)
+    eps = torch.randn(batch, channels, resolution, resolution, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.mse_loss(model(x_t, t), eps).backward()
+        optimizer.step()
+
+    return step
+
+
+def training_step(batch: int, repeats: int, warmup: int = 1, preset: str = "cifar10",
+                  resolution: int = 32, diffusers_kwargs: dict | None = None) -> dict:
+    """Ratio 3: seconds per optimiser step, ddim_lib's ``build_model(preset)`` over diffusers'.
+
+    ``diffusers_kwargs`` replace UNet2DModel's arguments (the smoke test uses a tiny configuration of
+    both); by default both are the 35,746,307-parameter CIFAR-10 model, and the counts are asserted.
+    """
+    torch.manual_seed(0)
+    ours = ddim_lib.build_model(preset)
+    theirs = _EpsOnly(diffusers_cifar10_unet() if diffusers_kwargs is None else _diffusers_unet(**diffusers_kwargs))
+    if preset == "cifar10" and diffusers_kwargs is None:
+        for name, model in (("ddim_lib", ours), ("diffusers", theirs)):
+            if _count(model) != CIFAR10_PARAMETERS:
+                raise AssertionError(f"{name}'s CIFAR-10 UNet has {_count(model)} parameters, not {CIFAR10_PARAMETERS}")
+    channels = ours.in_ch
+    times = alternate({"ddim_lib": make_step(ours, batch, resolution, channels),
+                       "diffusers": make_step(theirs, batch, resolution, channels)}, repeats, warmup)
+    return {"preset": preset, "batch": batch, "resolution": resolution,
+            "parameters": {"ddim_lib": _count(ours), "diffusers": _count(theirs)},
+            "ddim_lib": summary(times["ddim_lib"]), "diffusers": summary(times["diffusers"]),
+            **ratio(times["ddim_lib"], times["diffusers"])}
+
+
+def _diffusers_unet(**kwargs) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**kwargs)
