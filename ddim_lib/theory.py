@@ -19,13 +19,15 @@ def _prev(a: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(a[:1]), a[:-1]])
 
 
-def _check_sigmas(schedule: NoiseSchedule, sigmas) -> torch.Tensor:
+def _check_sigmas(schedule: NoiseSchedule, sigmas, eq7: bool = True) -> torch.Tensor:
+    """Shape (T,), positive; with ``eq7`` also eq. 7's bound sigma_t^2 <= 1 - abar_{t-1} for t >= 2."""
     sigmas = torch.as_tensor(sigmas, dtype=schedule.dtype, device=schedule.device)
     if sigmas.shape != (schedule.T,):
         raise ValueError(f"sigmas must have shape (T,) = ({schedule.T},), got {tuple(sigmas.shape)}")
     if (sigmas <= 0).any():
         raise ValueError("Theorem 1 needs sigma_t > 0 for every t")
-    check_admissible_sigma(sigmas[1:], _prev(schedule.alpha_bars)[1:])
+    if eq7:
+        check_admissible_sigma(sigmas[1:], _prev(schedule.alpha_bars)[1:])
     return sigmas
 
 
@@ -44,8 +46,11 @@ def theorem1_gamma(schedule: NoiseSchedule, sigmas) -> torch.Tensor:
 
 
 def ddpm_gamma(schedule: NoiseSchedule, sigmas) -> torch.Tensor:
-    """DDPM's weights (eq. 5): gamma_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t))."""
-    sigmas = _check_sigmas(schedule, sigmas)
+    """DDPM's weights (eq. 5): gamma_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)).
+
+    Any positive sigma is allowed, DDPM's sigma_t^2 = beta_t included (eq. 7's bound does not apply here).
+    """
+    sigmas = _check_sigmas(schedule, sigmas, eq7=False)
     return schedule.betas**2 / (2 * sigmas**2 * schedule.alphas * (1 - schedule.alpha_bars))
 
 

@@ -147,9 +147,14 @@ def test_bad_sigmas_raise(linear1000):
         theorem1_gamma(linear1000, ddpm_sigmas(linear1000))         # beta_tilde_1 = 0
     bad = good.clone()
     bad[500] = 1.0                                                   # sigma^2 = 1 > 1 - abar_500
-    for fn in (theorem1_gamma, ddpm_gamma):
-        with pytest.raises(ValueError, match="inadmissible"):
-            fn(linear1000, bad)
+    with pytest.raises(ValueError, match="inadmissible"):
+        theorem1_gamma(linear1000, bad)
+    # eq. 5 (DDPM's bound) has no eq. 7 constraint: DDPM's own sigma_t^2 = beta_t exceeds
+    # 1 - abar_{t-1} at t = 2 and must be accepted.
+    beta = linear1000.betas
+    assert (beta[1] > 1 - linear1000.alpha_bars[0])
+    torch.testing.assert_close(ddpm_gamma(linear1000, beta.sqrt()),
+                               beta / (2 * linear1000.alphas * (1 - linear1000.alpha_bars)), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="inadmissible"):
         appendix_b_gamma(linear1000, bad, 3)
 
