@@ -158,6 +158,38 @@ def l_simple(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.T
     return F.mse_loss(model(x_t, t).float(), noise.float())
 
 
+def _draw_batch(step: int, data: torch.Tensor, sampler: "_Sampler", seed: int, rank: int, T: int, hflip: bool,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step ``step``'s x_0 (B, ...), t (B,) uniform in 0..T-1 and eps ~ N(0, I); seeds dropout too."""
+    x0 = data[sampler.indices(step).to(data.device)].to(device, non_blocking=True)
+    g = _generator(device, seed, 3, rank, step)
+    t = torch.randint(0, T, (x0.shape[0],), device=device, generator=g)
+    noise = torch.randn(x0.shape, device=device, generator=g)
+    if hflip and x0.ndim == 4:                                           # mirror half the images
+        flip = torch.rand(x0.shape[0], device=device, generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    if device.type == "cuda" and x0.ndim == 4:
+        x0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (x0, noise))
+    torch.manual_seed(_mix(seed, 4, rank, step))                          # this step's dropout masks
+    return x0, t, noise
+
+
+def _optimise(net: nn.Module, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+              batch: tuple, step: int, r: "_Resolved", bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Adam step on L_simple (warm-up, clipping), then the EMA; returns (loss, gradient norm)."""
+    model.train()
+    for group in optimizer.param_groups:
+        group["lr"] = _lr_at(step, r.lr, r.warmup)
+    with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=bf16):   # the forward pass only
+        loss = l_simple(net, *batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+    optimizer.step()
+    _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
+    return loss.detach(), grad_norm
+
+
 def _lr_at(step: int, lr: float, warmup: int) -> float:
     """Linear warm-up: lr * min(1, (step + 1) / warmup)."""
     return lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
@@ -241,7 +273,7 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
         _check_resumable(manifest.get("train_config", {}), train_config, out)
         start, seconds_before = manifest["step"], manifest.get("metrics", {}).get("train_seconds", 0.0)
     use_cuda = device.type == "cuda"
-    if use_cuda and data.ndim == 4:
+    if use_cuda and data.ndim == 4:                 # NHWC convolutions are faster on CUDA
         model, ema = model.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) if world > 1 else model
     net = torch.compile(net) if config.compile else net
@@ -257,30 +289,12 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
     t_start = clock
 
     for step in range(start, r.steps):
-        model.train()
-        x0 = data[sampler.indices(step).to(data.device)].to(device, non_blocking=True)
-        g = _generator(device, config.seed, 3, rank, step)
-        t = torch.randint(0, schedule.T, (x0.shape[0],), device=device, generator=g)
-        noise = torch.randn(x0.shape, device=device, generator=g)
-        if r.hflip and x0.ndim == 4:
-            flip = torch.rand(x0.shape[0], device=device, generator=g) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        if use_cuda and x0.ndim == 4:
-            x0, noise = x0.contiguous(memory_format=torch.channels_last), noise.contiguous(memory_format=torch.channels_last)
-        torch.manual_seed(_mix(config.seed, 4, rank, step))               # dropout masks of this step
+        x0, t, noise = _draw_batch(step, data, sampler, config.seed, rank, schedule.T, r.hflip, device)
+        loss, grad_norm = _optimise(net, model, ema, optimizer, (x0, t, noise, sqrt_ab, sqrt_1m_ab), step, r,
+                                    bf16=device.type == "cuda" and config.bf16)
 
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, r.lr, r.warmup)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and config.bf16):
-            loss = l_simple(net, x0, t, noise, sqrt_ab, sqrt_1m_ab)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
-        optimizer.step()
-        _ema_update(ema, model, min(r.ema_decay, (1 + step) / (10 + step)))
-
-        window_loss += loss.detach()
-        window_bad += (~torch.isfinite(loss.detach())) | (~torch.isfinite(grad_norm))
+        window_loss += loss
+        window_bad += (~torch.isfinite(loss)) | (~torch.isfinite(grad_norm))
         window_steps += 1
         done = step + 1
         is_log, is_ckpt = done % config.log_every == 0 or done == r.steps, done % config.ckpt_every == 0 or done == r.steps
