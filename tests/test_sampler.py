@@ -312,6 +312,19 @@ def test_encode_then_decode_error_falls_with_S(linear1000, ring, ring_oracle):
     assert errors[-1] < 0.02, errors
 
 
+@pytest.mark.parametrize("tau", [[0, 3, 17, 60, 200, 450, 800, 999], list(range(0, 1000, 100))])
+def test_encode_equals_eq13_written_out(linear1000, ring_oracle, tau):
+    """Eq. 13 run forward: from (a_from, x) to a_to with eps evaluated at the state it starts from
+    (at t = tau_1 for the first step, which starts at alpha_bar = 1)."""
+    x = x0 = torch.randn(16, 2, generator=gen(22), dtype=torch.float64)
+    for t_from, t_to in zip([-1] + tau[:-1], tau):
+        a_from, a_to = alpha_bar_or_one(linear1000, t_from), alpha_bar_or_one(linear1000, t_to)
+        eps = ring_oracle(x, torch.full((16,), max(t_from, tau[0]), dtype=torch.long))
+        x0_pred = (x - math.sqrt(1 - a_from) * eps) / math.sqrt(a_from)
+        x = math.sqrt(a_to) * x0_pred + math.sqrt(1 - a_to) * eps
+    torch.testing.assert_close(encode(ring_oracle, x0, linear1000, tau), x, rtol=0, atol=ATOL)
+
+
 def test_encode_first_step_is_eq12_from_alpha_bar_one(linear1000, ring_oracle):
     x0 = torch.randn(4, 2, generator=gen(16), dtype=torch.float64)
     tau = [0]
