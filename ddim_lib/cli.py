@@ -412,7 +412,9 @@ def cmd_evaluate(args) -> int:
     if data_name is None:
         raise ValueError("--samples needs --data NAME (the data set to compare with)")
     g = torch.Generator().manual_seed(s.seed + 1)
-    data = load_dataset(data_name, root=o.data_root, n=2 * n if data_name in TOY2D_NAMES else None)
+    toy = data_name in TOY2D_NAMES        # toys are generated: 2n fresh points from a seeded generator
+    data = load_dataset(data_name, root=o.data_root, n=2 * n if toy else None,
+                        generator=torch.Generator().manual_seed(s.seed + 3) if toy else None)
     if 2 * n > len(data):
         raise ValueError(f"--n {n} is too large: the reference needs 2n = {2 * n} of the {len(data)} "
                          f"points of {data_name}")
@@ -426,6 +428,8 @@ def cmd_evaluate(args) -> int:
         if len(samples) < n:
             raise ValueError(f"--samples holds {len(samples)} samples, fewer than --n {n}")
         samples = samples[:n]
+    if samples.ndim == 4:   # images: clamped to [-1, 1] as saving them as pictures does (and FID code)
+        samples = samples.clamp(-1, 1)
     names = o.features.split(",") if o.features != "auto" else ["pixel"] + (["digits"] if data_name == "digits" else [])
     results = {"n": n, "data": data_name, "steps": s.steps if m else None, "eta": s.eta if m else None,
                "spacing": s.spacing if m else None, "fd": {}}
@@ -477,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
          ModelSource, Sampling, ReconstructOptions)
     verb("interpolate", cmd_interpolate, "slerp between latents and decode each frame (PNG strip)",
          ModelSource, Sampling, InterpolateOptions)
-    verb("evaluate", cmd_evaluate, "Frechet distance of samples to the data, with a real-vs-real reference",
+    verb("evaluate", cmd_evaluate, "Frechet distance of n samples to n data points, beside that of two "
+         "disjoint real halves of n (image samples are clamped to [-1, 1] first, as saved pictures are)",
          ModelSource, Sampling, EvaluateOptions)
     verb("list", cmd_list, "list the shipped pretrained models")
     return parser
