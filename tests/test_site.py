@@ -1,0 +1,219 @@
+"""The book site: every chapter is in the table of contents, and the built site works offline.
+
+The browser test loads every page of ``book/_build/html`` (built by ``make book``, which ``make
+test`` runs first) in headless Chromium through Playwright, served on 127.0.0.1 only, and checks:
+the mathematics is typeset by the local MathJax (``mjx-container`` elements, no ``mjx-merror``),
+every image loads (naturalWidth > 0), every local link resolves to a file and its anchor exists,
+no request leaves the host, and no page raises a JavaScript error. It keeps a screenshot of one
+chapter in ``build/artifacts/chapter.png``. Outside CI (env CI unset) it skips when Chromium or
+the built site is missing; in CI (CI=true) that is a failure.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import threading
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "book" / "_build" / "html"
+ARTIFACTS = ROOT / "build" / "artifacts"
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def chapters() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.md"))
+
+
+def toc_files() -> list[str]:
+    """Every ``file:`` of book/_toc.yml (root included), relative to the repository root."""
+    toc = yaml.safe_load((ROOT / "book" / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(entry["file"])
+            walk(entry.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    return files
+
+
+def test_toc_lists_every_chapter_and_only_existing_files():
+    listed = toc_files()
+    missing = [c for c in chapters() if f"notebooks/{c}" not in listed]
+    assert not missing, f"add these chapters to book/_toc.yml: {missing}"
+    absent = [f for f in listed if not (ROOT / f"{f}.md").is_file()]
+    assert not absent, f"book/_toc.yml lists files that do not exist: {absent}"
+    assert len(listed) == len(set(listed)), "a file is listed twice in book/_toc.yml"
+
+
+def test_bibliography_has_the_required_references():
+    bib = (ROOT / "book" / "references.bib").read_text()
+    for eprint in ["2010.02502", "2006.11239", "1503.03585", "2011.13456", "2102.09672",
+                   "2206.00927", "2206.00364", "2305.08891", "2202.00512"]:
+        assert f"eprint    = {{{eprint}}}" in bib, f"arXiv:{eprint} missing from references.bib"
+
+
+def _require(condition: bool, why: str) -> None:
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{why} (required in CI)")
+        pytest.skip(f"{why}; outside CI this test is skipped")
+
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    _require((SITE / "book" / "intro.html").is_file(), f"the site is not built ({SITE}); run `make book`")
+    return SITE
+
+
+def _script_and_stylesheet_sources(html: str) -> list[str]:
+    found = re.findall(r"<script\b[^>]*\bsrc=\"([^\"]*)\"", html)
+    found += [href for tag in re.findall(r"<link\b[^>]*>", html) if "stylesheet" in tag
+              for href in re.findall(r"\bhref=\"([^\"]*)\"", tag)]
+    return found
+
+
+def test_no_remote_scripts_or_stylesheets(site):
+    pages = sorted(site.rglob("*.html"))
+    assert pages
+    remote = {str(p.relative_to(site)): src for p in pages
+              for src in _script_and_stylesheet_sources(p.read_text(errors="replace"))
+              if re.match(r"(https?:)?//", src)}
+    assert not remote, f"pages load scripts or stylesheets from elsewhere: {remote}"
+    assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is not bundled"
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("id", "name") and value:
+                self.ids.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _ids_of(path: Path) -> frozenset[str]:
+    parser = _Ids()
+    parser.feed(path.read_text(errors="replace"))
+    return frozenset(parser.ids)
+
+
+def _broken_local_links(site: Path, page_url: str, base: str, hrefs: list[str]) -> list[str]:
+    broken = []
+    for href in hrefs:
+        absolute = urljoin(page_url, href)
+        if not absolute.startswith(base) or href.startswith(("mailto:", "javascript:")):
+            continue   # external links are fine to show; they are never fetched (checked below)
+        url, fragment = urldefrag(absolute)
+        rel = unquote(urlparse(url).path)[len(urlparse(base).path):]
+        target = site / rel
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            broken.append(f"{href} (no file {rel})")
+        elif fragment and target.suffix == ".html" and unquote(fragment) not in _ids_of(target):
+            broken.append(f"{href} (no anchor #{fragment} in {rel})")
+    return broken
+
+
+def _pages(site: Path) -> list[str]:
+    pages = [f"{f}.html" for f in toc_files() if (site / f"{f}.html").is_file()]
+    expected = [f"{f}.html" for f in toc_files()]
+    assert pages == expected, f"pages missing from the site: {sorted(set(expected) - set(pages))}"
+    return pages
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_every_page_in_headless_chromium(site, server):
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    _require(chromium is not None, "chromium is not installed (Debian package `chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    problems: dict[str, list[str]] = {}
+    off_host: list[str] = []
+    chapter_pages = [f"notebooks/{c}.html" for c in chapters()]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+
+        def route(r):
+            url = r.request.url
+            if url.startswith(server) or url.startswith(("data:", "blob:", "about:")):
+                r.continue_()
+            else:
+                off_host.append(url)
+                r.abort()
+
+        page.route("**/*", route)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        for rel in _pages(site):
+            errors.clear()
+            url = server + rel
+            response = page.goto(url, wait_until="load")
+            found = []
+            if response is None or response.status != 200:
+                found.append(f"HTTP {response.status if response else 'no response'}")
+            has_math = page.locator(".math, mjx-container").count() > 0
+            if rel in chapter_pages or has_math:
+                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                       timeout=30_000)
+                page.evaluate("() => MathJax.startup.promise")
+                if page.locator("mjx-container").count() == 0:
+                    found.append("no typeset mathematics (mjx-container)")
+                if page.locator("mjx-merror").count():
+                    found.append(f"{page.locator('mjx-merror').count()} MathJax errors")
+            broken_images = page.eval_on_selector_all(
+                "img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.src)")
+            found += [f"image does not load: {src}" for src in broken_images]
+            hrefs = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+            found += [f"broken link {b}" for b in _broken_local_links(site, url, server, hrefs)]
+            if rel in chapter_pages and not any(h.endswith(f"_sources/{rel[:-5]}.ipynb") for h in hrefs):
+                found.append("no .ipynb download link")
+            found += [f"JavaScript error: {e}" for e in errors]
+            if found:
+                problems[rel] = found
+        shot = chapter_pages[1] if len(chapter_pages) > 1 else (chapter_pages or ["book/notation.html"])[0]
+        page.goto(server + shot, wait_until="load")
+        if page.locator(".math").count():
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            page.evaluate("() => MathJax.startup.promise")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chapter.png"))
+        browser.close()
+    assert not off_host, f"requests left the host: {sorted(set(off_host))[:10]}"
+    assert not problems, "\n".join(f"{page}: {'; '.join(p)}" for page, p in problems.items())
+    assert (ARTIFACTS / "chapter.png").stat().st_size > 10_000
