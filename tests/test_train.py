@@ -212,10 +212,20 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.fixture(scope="module")
+def whole_unet_run(tmp_path_factory):
+    """The tiny UNet trained for 12 steps without interruption (shared by the resume tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("unet") / "whole"
+    train(TrainConfig(**TINY_UNET, steps=12, out=str(out)))
+    torch.set_num_threads(before)
+    return out
+
+
 @pytest.mark.parametrize("stop_at", [3, 6, 9])
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, stop_at):
-    """The tiny UNet (dropout, flips) stopped after step ``stop_at`` and resumed from step 4 or 8."""
-    train(TrainConfig(**TINY_UNET, steps=12, out=str(tmp_path / "whole")))
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, stop_at, whole_unet_run):
+    """The tiny UNet (dropout, flips) stopped after step ``stop_at`` and resumed from step 0, 4 or 8."""
     real, calls = tr.l_simple, []
 
     def stopping(*args):
@@ -230,7 +240,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, sto
     if stop_at < 4:                                    # killed before any checkpoint: starts afresh
         assert not (tmp_path / "split" / "manifest.json").exists()
     train(TrainConfig(**TINY_UNET, steps=12, out=str(tmp_path / "split"), resume=True))
-    assert_same_run(tmp_path / "whole", tmp_path / "split")
+    assert_same_run(whole_unet_run, tmp_path / "split")
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
