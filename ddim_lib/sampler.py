@@ -140,6 +140,8 @@ def sample(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Sequen
     App. D.3's larger variance with DDPM's posterior mean (``eta`` ignored). The last step goes to
     alpha_bar = 1 and so returns the predicted x_0. ``tau``: increasing code indices, or an int S
     (uniform spacing). Returns x_0, or a ``Trajectory`` when ``return_trajectory``.
+    With ``clip_x0`` or ``return_trajectory`` each step forms x0_pred explicitly; otherwise the same
+    step runs with x0_pred substituted in, so the two paths agree to round-off, not bit for bit.
     """
     steps = _plan(schedule, tau, eta, variance)
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
