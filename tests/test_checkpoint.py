@@ -180,3 +180,8 @@ def test_resolve_device():
     assert ckpt.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="invalid device"):
         ckpt.resolve_device("gpu7")
+    if torch.cuda.is_available():
+        assert ckpt.resolve_device("cuda:0") == torch.device("cuda", 0)
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ckpt.resolve_device("cuda")
