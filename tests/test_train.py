@@ -266,3 +266,24 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert 10 <= killed_at < steps
     train(TrainConfig(**config, steps=steps, out=str(split), resume=True))   # resumed here, from disk only
     assert_same_run(tmp_path / "whole", split)
+
+
+@pytest.mark.parametrize("hflip", [True, False])
+def test_flips_mirror_about_half_the_images_only_when_asked(tmp_path, monkeypatch, hflip):
+    seen, real = [], tr.l_simple
+
+    def spy(model, x0, *rest):
+        seen.append(x0.clone())
+        return real(model, x0, *rest)
+    monkeypatch.setattr(tr, "l_simple", spy)
+    train(TrainConfig(**{**TINY_UNET, "hflip": hflip, "batch_size": 32}, steps=4, out=str(tmp_path / "run")))
+    data = tr.load_dataset("digits", n=64, generator=tr._generator(torch.device("cpu"), 0, 2))
+    x0 = torch.cat(seen)                                                # 128 images
+    as_is = (x0[:, None] == data[None]).flatten(2).all(-1).any(1)
+    mirrored = (x0[:, None] == data.flip(-1)[None]).flatten(2).all(-1).any(1)
+    assert (as_is | mirrored).all()                 # every image is a data image, possibly mirrored
+    n_mirrored = (mirrored & ~as_is).sum().item()   # (a symmetric digit would count as not mirrored)
+    if hflip:   # Binomial(128, 1/2) minus the few symmetric digits: within 40..88 with prob. > 0.9999
+        assert 40 <= n_mirrored <= 88
+    else:
+        assert n_mirrored == 0
