@@ -257,7 +257,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         while not (split / "manifest.json").exists():      # wait for a first checkpoint ...
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.01)
-        time.sleep(random.Random(0).uniform(0.0, 0.3))      # ... then kill it at an arbitrary moment
+        time.sleep(random.Random(0).uniform(0.0, 0.1))      # ... then kill it at an arbitrary moment
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
     finally:
