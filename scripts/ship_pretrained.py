@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("name", help="name under ddim_lib/pretrained/, e.g. digits or toy2d-swiss_roll")
     parser.add_argument("--steps", default="50", help="comma-separated S values to evaluate")
     parser.add_argument("--n", type=int, default=500, help="samples (and real points per half)")
+    parser.add_argument("--note", default=None, help="a remark stored in the manifest")
     args = parser.parse_args()
 
     _, _, manifest = load_checkpoint(args.run)          # validates the weights against the manifest
@@ -57,6 +58,8 @@ def main() -> None:
     manifest["metrics"] = {**manifest.get("metrics", {}), "fd": evaluations}
     manifest["files"] = {MODEL_FILE: manifest["files"][MODEL_FILE]}
     manifest["shipped_with"] = shlex.join(["python", "scripts/ship_pretrained.py", *sys.argv[1:]])
+    if args.note:
+        manifest["note"] = args.note
     manifest["environment"] = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
     dest = PRETRAINED_DIR / args.name
