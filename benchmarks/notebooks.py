@@ -2,6 +2,7 @@
 book (Jupyter Book 1, every notebook executed, into a scratch output folder)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")     # colour codes in IPython's tracebacks
 
 
 def chapters(folder: Path = ROOT / "notebooks") -> list[Path]:
@@ -33,7 +35,8 @@ def execute_notebook(md: Path, timeout: int = 600) -> dict:
             client.execute()
             status, error = "ok", None
         except Exception as err:    # a failing chapter is reported, not hidden
-            status, error = "error", str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+            lines = _ANSI.sub("", str(err)).strip().splitlines()
+            status, error = "error", lines[-1][:300] if lines else type(err).__name__
         seconds = time.perf_counter() - start
     return {"notebook": md.name, "seconds": seconds, "status": status, "error": error}
 
@@ -49,6 +52,21 @@ def build_book(timeout: int = 1800) -> dict:
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         seconds = time.perf_counter() - start
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+    log = proc.stdout + proc.stderr
     return {"status": "ok" if proc.returncode == 0 else "error", "seconds": seconds,
-            "returncode": proc.returncode, "log_tail": tail}
+            "returncode": proc.returncode, "notebooks": executed_in_log(log),
+            "log_tail": log.strip().splitlines()[-3:]}
+
+
+_EXECUTED = re.compile(r"([^\s:]+\.(?:md|ipynb))(?::\d+)?: Executed notebook in ([0-9.]+) seconds")
+_FAILED = re.compile(r"([^\s:]+\.(?:md|ipynb))(?::\d+)?: \w+: Executing notebook failed")
+
+
+def executed_in_log(log: str) -> list[dict]:
+    """myst-nb's per-notebook lines in a book build's log ("PATH: Executed notebook in X seconds"):
+    each chapter's execution time within the build (myst-nb executes with nbclient)."""
+    rows = [{"notebook": Path(m.group(1)).name, "seconds": float(m.group(2)), "status": "ok", "error": None}
+            for m in _EXECUTED.finditer(log)]
+    rows += [{"notebook": Path(m.group(1)).name, "seconds": float("nan"), "status": "error",
+              "error": "execution failed in the book build"} for m in _FAILED.finditer(log)]
+    return rows
