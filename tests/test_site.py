@@ -154,6 +154,25 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def _math_problems(page) -> list[str]:
+    """Math markup (Sphinx's span.math / div.math) must be typeset by the bundled MathJax."""
+    markup = page.locator("span.math, div.math").count()
+    if not page.locator('script[src*="mathjax/tex-chtml.js"]').count():
+        return [f"{markup} math elements but no MathJax script"] if markup else []
+    try:
+        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                               timeout=60_000)
+        page.evaluate("() => MathJax.startup.promise")
+    except Exception as exc:  # a timeout: MathJax did not load or start
+        return [f"MathJax did not start: {type(exc).__name__}"]
+    found = []
+    if markup and page.locator("mjx-container").count() == 0:
+        found.append(f"{markup} math elements but no typeset mathematics (mjx-container)")
+    if page.locator("mjx-merror").count():
+        found.append(f"{page.locator('mjx-merror').count()} MathJax errors")
+    return found
+
+
 @pytest.mark.slow
 def test_every_page_in_headless_chromium(site, server):
     chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -187,15 +206,7 @@ def test_every_page_in_headless_chromium(site, server):
             found = []
             if response is None or response.status != 200:
                 found.append(f"HTTP {response.status if response else 'no response'}")
-            has_math = page.locator(".math, mjx-container").count() > 0
-            if rel in chapter_pages or has_math:
-                page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                                       timeout=30_000)
-                page.evaluate("() => MathJax.startup.promise")
-                if page.locator("mjx-container").count() == 0:
-                    found.append("no typeset mathematics (mjx-container)")
-                if page.locator("mjx-merror").count():
-                    found.append(f"{page.locator('mjx-merror').count()} MathJax errors")
+            found += _math_problems(page)
             broken_images = page.eval_on_selector_all(
                 "img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.src)")
             found += [f"image does not load: {src}" for src in broken_images]
@@ -208,9 +219,7 @@ def test_every_page_in_headless_chromium(site, server):
                 problems[rel] = found
         shot = chapter_pages[1] if len(chapter_pages) > 1 else (chapter_pages or ["book/notation.html"])[0]
         page.goto(server + shot, wait_until="load")
-        if page.locator(".math").count():
-            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
-            page.evaluate("() => MathJax.startup.promise")
+        _math_problems(page)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "chapter.png"))
         browser.close()

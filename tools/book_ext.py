@@ -6,6 +6,7 @@
 - Each checking cell gets the HTML anchor ``claim-xx`` (then ``claim-xx-2``, ... for further cells),
   registered as a Sphinx label, so a broken link fails the ``-W`` build.
 - Every chapter page offers its notebook as ``.ipynb`` (the executed copy) in the download menu.
+- MathJax is loaded on every page (chapter titles in the sidebar contain mathematics).
 """
 from __future__ import annotations
 
@@ -166,6 +167,9 @@ def _write_notebooks(app, exception) -> None:
 
 
 def setup(app):
+    # MathJax on every page, not only on pages with equations: the sidebar shows chapter titles
+    # with mathematics (e.g. $q_\sigma$) on every page.
+    app.set_html_assets_policy("always")
     app.add_config_value("claims_ledger_file", "CLAIMS.md", "env")
     app.add_directive("claims-ledger", ClaimsLedger)
     app.connect("doctree-read", _anchor_cells)
