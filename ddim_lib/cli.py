@@ -450,8 +450,10 @@ def cmd_list(args) -> int:
     from .pretrained import PRETRAINED_DIR, list_pretrained
     for name in list_pretrained():
         manifest = json.loads((PRETRAINED_DIR / name / "manifest.json").read_text())
-        print(f"{name:24s} preset {manifest['preset']:8s} step {manifest.get('step')}  "
-              f"metrics {json.dumps(manifest.get('metrics') or {})}")
+        scores = [f"S={r['steps']} {feat} {v['ratio']:.2f}x" for r in (manifest.get("metrics") or {}).get("fd", {}).values()
+                  for feat, v in r["fd"].items()]
+        print(f"{name:18s} preset {manifest['preset']:7s} data {manifest.get('data')}, step {manifest.get('step')}; "
+              f"FD / real-halves FD: {', '.join(scores) or 'not measured'}")
     return 0
 
 
