@@ -65,6 +65,8 @@ def run(cfg: BenchConfig, quick: bool = False) -> dict:
         "diffusers_parity": lambda: sampling.diffusers_parity(model, schedule, cfg.S, cfg.parity_batch),
         "against_diffusers": lambda: sampling.against_diffusers(model, schedule, cfg.S, cfg.sample_batch,
                                                                 cfg.repeats, cfg.warmup),
+        "loop_overhead": lambda: sampling.loop_overhead(schedule, cfg.S, cfg.sample_batch, sampling._shape(model),
+                                                        max(cfg.repeats, 5), cfg.warmup),
         "training_step": lambda: _training(cfg, quick),
         "ddim_vs_ddpm": lambda: _ddim_vs_ddpm(cfg, quick, *sampling.digits_model()),   # looked up again
     }
@@ -170,6 +172,11 @@ def table(results: dict) -> str:
         spread = f"[{part['low']:.3f}, {part['high']:.3f}]" if "low" in part else "(one run each)"
         met = "yes" if part["ratio"] <= target else "NO"
         lines.append(f"{label:<22} {part['ratio']:>7.3f} {spread:>20} {op}{target:<6}  {met:<4} {_details(name, part)}")
+    loop = parts.get("loop_overhead", {})
+    if "ratio" in loop:
+        lines.append(f"loops alone (free model, S = {loop['S']}, batch {loop['batch']}): ddim_lib "
+                     f"{loop['us_per_step']['ddim_lib']:.0f} us/step vs diffusers {loop['us_per_step']['diffusers']:.0f} "
+                     f"us/step, ratio {loop['ratio']:.3f} [{loop['low']:.3f}, {loop['high']:.3f}]")
     parity = parts.get("diffusers_parity", {})
     if "error" in parity:
         lines.append(f"parity with diffusers: FAILED: {parity['error']}")

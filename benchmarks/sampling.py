@@ -146,3 +146,21 @@ def ddim_vs_ddpm(model, schedule, n: int, S_grid: list[int], tolerance: float = 
         out["unmatched"] = (f"no S in {sorted(S_grid)} came within {tolerance:.0%} of DDPM-{schedule.T}'s FD "
                             f"{fd_ddpm:.3g} (FDs: {[round(row['fd'], 3) for row in out['ddim']]})")
     return out
+
+
+def loop_overhead(schedule, S: int, batch: int, shape: tuple[int, ...], repeats: int, warmup: int = 1) -> dict:
+    """What each sampler adds around the network: both loops driven by a free model (eps returned
+    from a table), so only the per-step arithmetic and Python work are timed; microseconds per step."""
+    g = torch.Generator().manual_seed(4)
+    x_T = torch.randn(batch, *shape, generator=g)
+    eps = torch.randn(batch, *shape, generator=g)
+
+    def free_model(x, t):
+        return eps
+
+    sched = diffusers_scheduler(schedule, alpha_bars_from_ours=False)
+    times = alternate({"ddim_lib": lambda: ddim_lib.sample(free_model, x_T, schedule, S),
+                       "diffusers": lambda: diffusers_sample(free_model, x_T, sched, S)}, repeats, warmup)
+    per_step = {name: 1e6 * summary(v)["median_s"] / S for name, v in times.items()}
+    return {"S": S, "batch": batch, "us_per_step": per_step, "ddim_lib": summary(times["ddim_lib"]),
+            "diffusers": summary(times["diffusers"]), **ratio(times["ddim_lib"], times["diffusers"])}

@@ -188,3 +188,21 @@ def test_notebook_timing_reports_failures(tmp_path):
     assert notebooks.execute_notebook(good)["status"] == "ok"
     row = notebooks.execute_notebook(bad)
     assert row["status"] == "error" and "deliberate" in row["error"]
+
+
+def test_chapter_times_are_read_from_the_book_log():
+    """Sphinx prefixes myst-nb's info and warning lines with the document's path."""
+    from benchmarks import notebooks
+
+    log = ("reading sources... [ 40%] notebooks/01_forward_process\n"
+           "/repo/notebooks/01_forward_process.md: Executed notebook in 3.21 seconds [mystnb]\n"
+           "/repo/notebooks/08_quality.md: WARNING: Executing notebook failed: CellExecutionError [mystnb.exec]\n")
+    rows = notebooks.executed_in_log(log)
+    assert [(r["notebook"], r["status"]) for r in rows] == [("01_forward_process.md", "ok"), ("08_quality.md", "error")]
+    assert rows[0]["seconds"] == 3.21
+
+
+def test_loop_overhead_smoke():
+    _needs_diffusers()
+    out = sampling.loop_overhead(ddim_lib.NoiseSchedule.linear(1000), S=5, batch=2, shape=(1, 8, 8), repeats=2)
+    assert set(out["us_per_step"]) == {"ddim_lib", "diffusers"} and out["ratio"] > 0
