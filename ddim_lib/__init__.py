@@ -32,8 +32,6 @@ __all__ = [
 _LAZY = {
     "build_model": "ddim_lib.models",
     "PRESETS": "ddim_lib.models",
-    "train": "ddim_lib.train",
-    "TrainConfig": "ddim_lib.train",
     "load_checkpoint": "ddim_lib.checkpoint",
     "save_checkpoint": "ddim_lib.checkpoint",
     "load_dataset": "ddim_lib.data",
@@ -41,7 +39,11 @@ _LAZY = {
     "load_pretrained": "ddim_lib.pretrained",
     "list_pretrained": "ddim_lib.pretrained",
 }
-__all__ += list(_LAZY)
+__all__ += list(_LAZY) + ["train", "TrainConfig"]
+
+# Imported eagerly, after the submodule of the same name: importing ``ddim_lib.train`` binds the
+# *module* to the package attribute ``train``; this line binds the function over it.
+from .train import TrainConfig, train  # noqa: E402
 
 
 def __getattr__(name: str):
