@@ -13,7 +13,7 @@ from ddim_lib import GaussianMixture, NoiseSchedule, OracleEps
 
 @pytest.fixture
 def single_thread():
-    """Run a test on one intra-op thread: the core tests make thousands of tiny tensor calls, which
+    """Run a test on one intra-op thread: the tests make thousands of tiny tensor calls on tiny models, which
     thread hand-offs slow down about eightfold on a shared 2-core machine. Restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -24,13 +24,7 @@ from ddim_lib.evaluate import frechet_distance
 VERBS = ["train", "sample", "encode", "reconstruct", "interpolate", "evaluate", "list"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: thread hand-offs cost more than they save."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 def tiny_unet(**kw):

@@ -21,12 +21,7 @@ SHIPPED = list_pretrained()
 TOYS = [name for name in SHIPPED if name.startswith("toy2d-")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 def manifest(name: str) -> dict:

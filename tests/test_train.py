@@ -25,13 +25,7 @@ TINY_UNET = dict(preset="digits", batch_size=8, n_data=64, hflip=True, progress=
                  model_overrides={"ch": 32, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (8,)})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads only spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 def tables(schedule):
