@@ -12,7 +12,6 @@ import math
 import torch
 from torch import nn
 
-from ._util import expand_to
 from .schedule import NoiseSchedule
 
 __all__ = ["GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES"]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import MANIFEST_FILE, load_training_state, resolve_device, save_checkpoint, unwrap
+from .checkpoint import MANIFEST_FILE, load_training_state, resolve_device, save_checkpoint
 from .data import load_dataset
 from .models import build_model, get_preset
 from .schedule import NoiseSchedule
@@ -207,7 +207,6 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 def _init_distributed(device: str) -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether we initialised the process group) from RANK/WORLD_SIZE."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     dev = resolve_device(device)
     if world <= 1:
         return 0, 1, dev, False

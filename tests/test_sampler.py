@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from ddim_lib import (NoiseSchedule, OracleEps, Trajectory, ddim_step, ddpm_posterior, ddpm_sample,
-                      encode, predict_eps, predict_x0, q_sample, sample, sigma_eta, sigma_hat, slerp,
+                      encode, predict_eps, predict_x0, sample, sigma_eta, sigma_hat, slerp,
                       timesteps)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
