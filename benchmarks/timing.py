@@ -54,4 +54,4 @@ def ratio(num: list[float], den: list[float]) -> dict:
         raise ValueError("ratio needs two equally long, non-empty lists of timings")
     per_round = [a / b for a, b in zip(num, den)]
     return {"ratio": statistics.median(num) / statistics.median(den), "low": min(per_round),
-            "high": max(per_round), "per_round": per_round}
+            "high": max(per_round), "per_round": per_round, "ratio_of_minima": min(num) / min(den)}

@@ -53,6 +53,7 @@ def test_ratio_is_median_over_median_with_per_round_spread():
     assert out["ratio"] == 4.0 / 2.0
     assert out["per_round"] == [2.0, 2.0, 3.0]
     assert (out["low"], out["high"]) == (2.0, 3.0)
+    assert out["ratio_of_minima"] == 2.0 / 1.0
     with pytest.raises(ValueError):
         timing.ratio([1.0], [1.0, 2.0])
     with pytest.raises(ValueError):
