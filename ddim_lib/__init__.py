@@ -41,9 +41,9 @@ _LAZY = {
 }
 __all__ += list(_LAZY) + ["train", "TrainConfig"]
 
-# Imported eagerly, after the submodule of the same name: importing ``ddim_lib.train`` binds the
-# *module* to the package attribute ``train``; this line binds the function over it.
-from .train import TrainConfig, train  # noqa: E402
+# The training loop lives in ``ddim_lib.training`` (a module name distinct from the function
+# ``train``, so ``ddim_lib.train`` is always the function).
+from .training import TrainConfig, train  # noqa: E402
 
 
 def __getattr__(name: str):

@@ -21,7 +21,7 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_train_is_the_function_even_after_its_module_is_imported():
-    importlib.import_module("ddim_lib.train")
+    importlib.import_module("ddim_lib.training")
     assert inspect.isfunction(ddim_lib.train)
     assert ddim_lib.TrainConfig.__name__ == "TrainConfig"
 

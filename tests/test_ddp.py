@@ -12,7 +12,7 @@ RANK_SCRIPT = r'''
 import hashlib, json, os, sys
 import torch
 torch.set_num_threads(1)
-import ddim_lib.train as tr
+import ddim_lib.training as tr
 
 live, seen = {}, []
 real_ema_update, real_indices = tr._ema_update, tr._Sampler.indices

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import ddim_lib.train as tr
+import ddim_lib.training as tr
 from ddim_lib import GaussianMixture, NoiseSchedule, OracleEps
 from ddim_lib.checkpoint import load_checkpoint
-from ddim_lib.train import NonFiniteLossError, TrainConfig, l_simple, train
+from ddim_lib.training import NonFiniteLossError, TrainConfig, l_simple, train
 
 TOY = dict(preset="toy2d", batch_size=32, n_data=320, model_overrides={"hidden": 32, "depth": 2, "temb_dim": 16},
            progress=False, log_every=5, ckpt_every=10)
@@ -240,7 +240,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, sto
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     config = {**TOY, "ckpt_every": 10}
     script = ("import sys, torch; torch.set_num_threads(1); "
-              "from ddim_lib.train import train, TrainConfig; "
+              "from ddim_lib.training import train, TrainConfig; "
               f"train(TrainConfig(**{config!r}, steps=int(sys.argv[2]), out=sys.argv[1], resume=True))")
     steps = 150
     train(TrainConfig(**config, steps=steps, out=str(tmp_path / "whole")))

@@ -86,7 +86,7 @@ def _reference_points(m: Loaded, n: int):
 
 # ---- the verbs ----------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from ..train import TrainConfig, train
+    from ..training import TrainConfig, train
     config = parse_options(args, TrainConfig)
     if config.command is None:
         config.command = shlex.join(["ddim", *args.argv])
@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_options(parser) -> None:
     try:
-        from ..train import TrainConfig
+        from ..training import TrainConfig
     except ImportError as err:    # keep every other verb usable
         parser.set_defaults(train_unavailable=str(err))
         return
