@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ddim_lib.models import MLP, PRESETS, UNet, build_model, timestep_embedding
 from ddim_lib.models.presets import Preset
-from ddim_lib.models.unet import AttnBlock, Downsample, Upsample
+from ddim_lib.models.unet import AttnBlock, Downsample, Upsample, subpixel_kernels
 
 
 def n_params(model):
@@ -123,7 +123,69 @@ def test_upsampling_is_nearest_then_conv():
     up = Upsample(32).double()
     x = torch.randn(1, 32, 2, 2, dtype=torch.float64)
     nearest = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-    torch.testing.assert_close(up(x), up.conv(nearest), rtol=0, atol=0)
+    torch.testing.assert_close(up(x), up.conv(nearest), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 7), (1, 4, 1, 1), (3, 6, 4, 4)])
+def test_subpixel_upsampling_equals_interpolate_then_conv_with_gradients(shape):
+    # The sub-pixel form (four 2x2 convs at the low resolution) is the same function of x and of the
+    # 3x3 weights: outputs and all gradients agree in float64, on odd and one-pixel sizes too.
+    torch.manual_seed(0)
+    B, C, H, W = shape
+    up = Upsample(C).double()
+    x = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(B, C, 2 * H, 2 * W, dtype=torch.float64)
+    grads = []
+    for fn in (up, up.reference):
+        up.zero_grad()
+        x.grad = None
+        y = fn(x)
+        y.backward(g)
+        grads.append((y.detach(), x.grad.clone(), up.conv.weight.grad.clone(), up.conv.bias.grad.clone()))
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_subpixel_kernels_sum_the_taps_each_parity_sees():
+    # Output row 2i sees input rows (i-1, i, i) through taps (w0, w1, w2); row 2i+1 sees (i, i, i+1).
+    w = torch.arange(9, dtype=torch.float64).reshape(1, 1, 3, 3)     # w[i, j] = 3 i + j
+    k = subpixel_kernels(w).reshape(2, 2, 2, 2)                      # (row parity, col parity, a, b)
+    rows = {0: [[0], [1, 2]], 1: [[0, 1], [2]]}
+    for py in (0, 1):
+        for px in (0, 1):
+            expected = [[sum(3 * i + j for i in rows[py][a] for j in rows[px][b]) for b in (0, 1)] for a in (0, 1)]
+            assert k[py, px].tolist() == expected
+
+
+def test_upsampling_keeps_channels_last_layout():
+    torch.manual_seed(0)
+    up = Upsample(8)
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = up(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, up.reference(x.contiguous()), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_gradients_match_a_literal_conv_implementation():
+    # The (B, HW, C) matrix-product form has the gradients of the literal 1x1-conv form.
+    torch.manual_seed(0)
+    block = AttnBlock(32).double()
+    x = torch.randn(2, 32, 3, 4, dtype=torch.float64, requires_grad=True)
+
+    def literal(x):
+        h = block.norm(x)
+        q, k, v = (m(h).flatten(2) for m in (block.q, block.k, block.v))
+        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / math.sqrt(32), dim=-1)
+        return x + block.proj_out(torch.einsum("bij,bcj->bci", weights, v).reshape(x.shape))
+
+    grads = []
+    for fn in (block, literal):
+        block.zero_grad()
+        x.grad = None
+        (fn(x) ** 2).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in block.parameters()])
+    for fast, ref in zip(*grads):
+        torch.testing.assert_close(fast, ref, rtol=1e-11, atol=1e-11)
 
 
 # ---- the networks as eps-models --------------------------------------------------------------------
