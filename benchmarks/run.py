@@ -207,8 +207,10 @@ def _details(name: str, part: dict) -> str:
     if name == "against_diffusers":
         return f"ddim_lib {part['ddim_lib']['median_s']:.2f} s vs diffusers {part['diffusers']['median_s']:.2f} s"
     if name == "training_step":
+        default = part.get("default_adam", {})
         return (f"ddim_lib {part['ddim_lib']['median_s']:.2f} s vs diffusers {part['diffusers']['median_s']:.2f} s "
-                f"per step (batch {part['batch']}, {part['parameters']['ddim_lib']:,} parameters)")
+                f"per step (batch {part['batch']}, {part['parameters']['ddim_lib']:,} parameters, fused Adam)"
+                + (f"; with PyTorch's default Adam on both: {default['ratio']:.3f}" if "ratio" in default else ""))
     if name == "ddim_vs_ddpm":
         return (f"S = {part['matched_S']}: FD {part['ddim'][-1]['fd']:.3g} vs DDPM-{part['ddpm']['steps']} "
                 f"{part['ddpm']['fd']:.3g}, "

@@ -131,7 +131,7 @@ def test_training_step_smoke():
     _needs_diffusers()
     out = run._training(run.BenchConfig(**run.QUICK), quick=True)
     assert out["parameters"]["ddim_lib"] == out["parameters"]["diffusers"]    # same architecture
-    assert out["ddim_lib"]["n"] == 1 and out["ratio"] > 0
+    assert out["ddim_lib"]["n"] == 1 and out["ratio"] > 0 and out["default_adam"]["ratio"] > 0
 
 
 def test_diffusers_cifar10_unet_has_the_reference_count():
