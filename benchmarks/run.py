@@ -7,7 +7,8 @@ and ``build/bench/results.json``.
 2. ddim_lib.sample over diffusers' DDIMScheduler loop (same model, equivalent configuration), after
    asserting that both give the same x_0 to float32 precision;
 3. one optimiser step of build_model("cifar10") over diffusers' UNet2DModel (batch 8, 32x32);
-4. DDIM at the smallest S matching DDPM-1000's Frechet distance (within 10%) over DDPM-1000;
+4. DDIM at the smallest S matching DDPM-1000's Frechet distance (within 10%) over DDPM-1000, for the
+   paper's two DDPM samplers: (a) eta = 1 and (b) sigma_hat;
 5. (--notebooks) seconds to execute each chapter and to build the whole book.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ class BenchConfig:
     parity_batch: int = 16           # batch of the float32/float64 parity check against diffusers
     train_batch: int = 8             # batch of ratio 3 (32x32 CIFAR-10 images)
     train_repeats: int = 3           # timed rounds of ratio 3 (a CPU training step takes seconds)
-    fd_samples: int = 256            # samples per sampler for ratio 4's Frechet distances
+    fd_samples: int = 512            # samples per sampler for ratio 4's Frechet distances
     S_grid: list[int] = field(default_factory=lambda: [10, 20, 50, 100])   # ratio 4's candidates
     notebooks: bool = False          # time every chapter and the whole book (on in `make bench`)
     book: bool = True                # with --notebooks: also build the whole book
@@ -125,6 +126,16 @@ def _ddim_vs_ddpm(cfg: BenchConfig, quick: bool, model, schedule, trained: bool)
     return out
 
 
+def _ratio4_rows(part: dict) -> list[tuple[str, dict]]:
+    """Ratio 4's two rows (one per DDPM-1000 reference), each a dict the table can print."""
+    rows = []
+    for key, label in (("eta1", "4a DDIM / DDPM eta=1"), ("sigma_hat", "4b DDIM / DDPM s_hat")):
+        ref = part.get(key)
+        rows.append((label, ref if ref is not None else
+                     {k: part[k] for k in ("error", "skipped") if k in part} or {"skipped": "not run"}))
+    return rows
+
+
 def _has_diffusers() -> bool:
     try:
         import diffusers  # noqa: F401
@@ -161,9 +172,11 @@ def table(results: dict) -> str:
     """One line per figure: median ratio, per-round spread, target and whether it is met."""
     parts, lines = results["parts"], []
     lines.append(f"{'figure':<22} {'ratio':>7} {'spread (per round)':>20} {'min/min':>7} {'target':>8}  met  details")
-    for name, label in (("sampler_overhead", "1 sampler overhead"), ("against_diffusers", "2 vs diffusers DDIM"),
-                        ("training_step", "3 training step"), ("ddim_vs_ddpm", "4 DDIM / DDPM-1000")):
-        part = parts.get(name, {})
+    figures = [(name, label, parts.get(name, {})) for name, label in (
+        ("sampler_overhead", "1 sampler overhead"), ("against_diffusers", "2 vs diffusers DDIM"),
+        ("training_step", "3 training step"))]
+    figures += [("ddim_vs_ddpm", label, row) for label, row in _ratio4_rows(parts.get("ddim_vs_ddpm", {}))]
+    for name, label, part in figures:
         op, target = TARGETS[name]
         if "ratio" not in part:
             why = part.get("error") or part.get("skipped") or part.get("unmatched") or "not run"
@@ -174,6 +187,12 @@ def table(results: dict) -> str:
         minima = f"{part['ratio_of_minima']:.3f}" if "ratio_of_minima" in part else "-"
         lines.append(f"{label:<22} {part['ratio']:>7.3f} {spread:>20} {minima:>7} {op}{target:<6}  {met:<4} "
                      f"{_details(name, part)}")
+    r4 = parts.get("ddim_vs_ddpm", {})
+    if "ddim" in r4:
+        lines.append(f"ratio 4 Frechet distances (n = {r4['n']}, {r4['features']}): DDIM "
+                     + ", ".join(f"S={row['S']} {row['fd']:.2f}" for row in r4["ddim"])
+                     + f"; DDPM-1000 eta=1 {r4['eta1']['fd']:.2f}, sigma_hat {r4['sigma_hat']['fd']:.2f}; "
+                     f"real digits (floor) {r4['floor']['mean']:.2f} [{r4['floor']['min']:.2f}, {r4['floor']['max']:.2f}]")
     loop = parts.get("loop_overhead", {})
     if "ratio" in loop:
         lines.append(f"loops alone (free model, S = {loop['S']}, batch {loop['batch']}): ddim_lib "
@@ -212,9 +231,8 @@ def _details(name: str, part: dict) -> str:
                 f"per step (batch {part['batch']}, {part['parameters']['ddim_lib']:,} parameters, fused Adam)"
                 + (f"; with PyTorch's default Adam on both: {default['ratio']:.3f}" if "ratio" in default else ""))
     if name == "ddim_vs_ddpm":
-        return (f"S = {part['matched_S']}: FD {part['ddim'][-1]['fd']:.3g} vs DDPM-{part['ddpm']['steps']} "
-                f"{part['ddpm']['fd']:.3g}, "
-                f"{part['speedup']:.1f}x faster (paper: 10-50x)")
+        return (f"S = {part['matched_S']}: FD {part['ddim_fd']:.3g} vs DDPM-{part['steps']} "
+                f"{part['fd']:.3g}, {part['speedup']:.1f}x faster (paper: 10-50x)")
     return ""
 
 

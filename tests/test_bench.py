@@ -146,8 +146,30 @@ def test_diffusers_cifar10_unet_has_the_reference_count():
 def test_ddim_vs_ddpm_smoke(tiny_unet):
     schedule = ddim_lib.NoiseSchedule.linear(10, beta_start=1e-3, beta_end=0.3)
     out = sampling.ddim_vs_ddpm(tiny_unet, schedule, n=80, S_grid=[2, 5])
-    assert out["ddpm"]["steps"] == 10 and 1 <= len(out["ddim"]) <= 2
-    assert ("ratio" in out) == (out["matched_S"] is not None) != ("unmatched" in out)
+    assert [row["S"] for row in out["ddim"]] == [2, 5] and out["floor"]["min"] > 0
+    for key, variance in (("eta1", "beta_tilde"), ("sigma_hat", "beta")):
+        ref = out[key]
+        assert ref["steps"] == 10 and ref["variance"] == variance
+        assert ("ratio" in ref) == (ref["matched_S"] is not None) != ("unmatched" in ref)
+        if ref["matched_S"] is not None:   # the smallest S within 10%
+            fds = {row["S"]: row["fd"] for row in out["ddim"]}
+            assert fds[ref["matched_S"]] <= 1.1 * ref["fd"]
+            assert all(fds[S] > 1.1 * ref["fd"] for S in fds if S < ref["matched_S"])
+
+
+def test_table_prints_both_ratio4_rows():
+    ddim = [{"S": 10, "seconds": 1.0, "fd": 9.0}, {"S": 20, "seconds": 2.0, "fd": 4.2}]
+    part = {"n": 64, "features": "f", "ddim": ddim, "floor": {"mean": 1.0, "min": 0.9, "max": 1.1},
+            "eta1": {"steps": 1000, "fd": 4.0, "seconds": 100.0, "matched_S": 20, "ddim_fd": 4.2,
+                     "ratio": 0.02, "speedup": 50.0},
+            "sigma_hat": {"steps": 1000, "fd": 3.0, "seconds": 100.0, "matched_S": None,
+                          "unmatched": "no S in [10, 20] came within 10%"}}
+    text = run.table({"config": {"threads": 1}, "machine": {"load_average_at_start": None},
+                      "digits_model": "shipped", "gpu": "no GPU", "parts": {"ddim_vs_ddpm": part}})
+    eta1 = next(line for line in text.splitlines() if line.startswith("4a"))
+    sigma_hat = next(line for line in text.splitlines() if line.startswith("4b"))
+    assert "0.020" in eta1 and "yes" in eta1 and "50.0x" in eta1
+    assert "no S in [10, 20]" in sigma_hat
 
 
 # ---- the command -------------------------------------------------------------------------------
