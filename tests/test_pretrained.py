@@ -99,9 +99,11 @@ def test_toy_models_are_close_to_the_data(name):
 
 
 # Bounds on FD(samples) / FD(real halves), from measurements at S = 20, n = 500 (digits), 2000 (toys).
-# Shipped manifests (seed 0): digits pixel 2.50, digits features 3.00; toy2d-swiss_roll 1.93,
-# toy2d-two_moons 7.51. This file's seeds: digits pixel 2.36, digits features 1.99. The bounds leave a
-# margin of about 1.6x for seed-to-seed noise, yet fail the step-1000 checkpoint of the same run (pixel
-# 4.3 to 4.7). For the toys' scale: the latents themselves (N(0, I), no denoising) score ~60, the data
-# shrunk by 10 % ~5; two_moons' 7.5 reflects a tiny reference (FD 0.0016) more than poor samples.
-MAX_RATIO = {"pixel": 4.0, "digits": 5.0, "toy": 15.0}
+# Shipped manifests (seed 0): digits pixel 1.06, digits features 1.11; toy2d-swiss_roll 1.93,
+# toy2d-two_moons 7.51. This file's seeds: digits pixel 1.10, digits features 0.79. The digits bounds
+# leave a margin of about 1.6x for seed-to-seed noise, yet fail the same run's step-2000 checkpoint
+# (the model shipped before the 20000-step one: pixel 2.36, features 1.99 with this file's seeds) and
+# its step-1000 one (pixel 4.3 to 4.7). For the toys' scale: the latents themselves (N(0, I), no
+# denoising) score ~60, the data shrunk by 10 % ~5; two_moons' 7.5 reflects a tiny reference (FD
+# 0.0016) more than poor samples.
+MAX_RATIO = {"pixel": 1.8, "digits": 1.8, "toy": 15.0}
