@@ -192,7 +192,9 @@ def table(results: dict) -> str:
         lines.append(f"ratio 4 Frechet distances (n = {r4['n']}, {r4['features']}): DDIM "
                      + ", ".join(f"S={row['S']} {row['fd']:.2f}" for row in r4["ddim"])
                      + f"; DDPM-1000 eta=1 {r4['eta1']['fd']:.2f}, sigma_hat {r4['sigma_hat']['fd']:.2f}; "
-                     f"real digits (floor) {r4['floor']['mean']:.2f} [{r4['floor']['min']:.2f}, {r4['floor']['max']:.2f}]")
+                     f"real digits (floor) {r4['floor']['mean']:.2f} [{r4['floor']['min']:.2f}, {r4['floor']['max']:.2f}]"
+                     + (f"; DDIM at S = {r4['ddim_at_T']['S']} (its own limit): {r4['ddim_at_T']['fd']:.2f}"
+                        if "ddim_at_T" in r4 else ""))
     loop = parts.get("loop_overhead", {})
     if "ratio" in loop:
         lines.append(f"loops alone (free model, S = {loop['S']}, batch {loop['batch']}): ddim_lib "

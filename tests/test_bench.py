@@ -155,6 +155,8 @@ def test_ddim_vs_ddpm_smoke(tiny_unet):
             fds = {row["S"]: row["fd"] for row in out["ddim"]}
             assert fds[ref["matched_S"]] <= 1.1 * ref["fd"]
             assert all(fds[S] > 1.1 * ref["fd"] for S in fds if S < ref["matched_S"])
+    unmatched = any(out[key]["matched_S"] is None for key in ("eta1", "sigma_hat"))
+    assert ("ddim_at_T" in out) == unmatched and (not unmatched or out["ddim_at_T"]["S"] == 10)
 
 
 def test_table_prints_both_ratio4_rows():
