@@ -32,14 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass
 class BenchConfig:
-    repeats: int = 3                 # timed rounds per ratio (medians; each round alternates the two sides)
+    repeats: int = 9                 # timed rounds of ratios 1 and 2 (medians; a round times both sides back to back)
     warmup: int = 1                  # untimed rounds first
     threads: int = 1                 # torch intra-op threads: 1 on the shared 2-core machine (see README)
     S: int = 50                      # sampling steps for ratios 1 and 2
     sample_batch: int = 256          # batch for ratios 1 and 2
     parity_batch: int = 16           # batch of the float32/float64 parity check against diffusers
     train_batch: int = 8             # batch of ratio 3 (32x32 CIFAR-10 images)
-    train_repeats: int = 3           # timed rounds of ratio 3 (a CPU training step takes seconds)
+    train_repeats: int = 5           # timed rounds of ratio 3 (a CPU training step takes seconds)
     fd_samples: int = 512            # samples per sampler for ratio 4's Frechet distances
     S_grid: list[int] = field(default_factory=lambda: [10, 20, 50, 100])   # ratio 4's candidates
     notebooks: bool = False          # time every chapter and the whole book (on in `make bench`)
