@@ -17,14 +17,22 @@ ID_RE = re.compile(r"^[A-Z]\d+$")
 ASSERTION_RE = re.compile(r"\bassert\b|np\.testing\.|numpy\.testing\.|torch\.testing\.")
 
 
-def ledger() -> dict[str, list[int]]:
-    """Claim ID -> the chapters that check it, read from CLAIMS.md's table."""
-    claims = {}
+COLUMNS = ["ID", "Claim", "Paper", "Chapter", "check", "Status"]
+
+
+def rows() -> list[list[str]]:
+    """CLAIMS.md's table rows (ID | Claim | Paper | Chapter | check | Status), cells stripped."""
+    found = []
     for line in (ROOT / "CLAIMS.md").read_text().splitlines():
         cells = [c.strip() for c in line.replace("\\|", "¦").strip().strip("|").split("|")]
         if len(cells) >= 5 and ID_RE.match(cells[0]):
-            claims[cells[0]] = [int(c) for c in re.findall(r"\d+", cells[3])]
-    return claims
+            found.append(cells)
+    return found
+
+
+def ledger() -> dict[str, list[int]]:
+    """Claim ID -> the chapters that check it, read from CLAIMS.md's table."""
+    return {cells[0]: [int(c) for c in re.findall(r"\d+", cells[3])] for cells in rows()}
 
 
 def chapters() -> dict[int, Path]:
@@ -54,6 +62,33 @@ def test_ledger_has_the_papers_claims():
                 "S1", "S2", "S3", "S4", "S5", "S6", "E1", "E2", "E3", "E4", "E5", "O1", "O2", "O3"}
     assert expected <= set(ids), f"missing from CLAIMS.md: {sorted(expected - set(ids))}"
     assert all(ids[c] for c in ids), "every claim names the chapter that checks it"
+
+
+def test_ledger_columns_end_with_a_status():
+    header = next(line for line in (ROOT / "CLAIMS.md").read_text().splitlines()
+                  if line.startswith("| ID |"))
+    names = [c.strip() for c in header.strip().strip("|").split("|")]
+    assert len(names) == len(COLUMNS) and names[:4] == COLUMNS[:4] and names[-1] == "Status", names
+    bad = [cells[0] for cells in rows() if len(cells) != len(COLUMNS) or not cells[5]]
+    assert not bad, f"rows without exactly {len(COLUMNS)} cells and a non-empty Status: {bad}"
+
+
+# ASCII formulas the ledger used before it was written in TeX (the claims page typesets $...$).
+ASCII_MATH_RE = re.compile(r"\b(sqrt|abar|alpha|beta|sigma|eps|eta|gamma|theta)\b|_\{|\^\{|<=|>=")
+
+
+def test_claims_are_written_in_tex():
+    """Every claim's formulas are inline TeX: $ balanced, no ``\\|`` in math, no ASCII maths outside it."""
+    problems = []
+    for cells in rows():
+        claim = cells[1]
+        if claim.count("$") % 2 or "¦" in claim:
+            problems.append(f"{cells[0]}: unbalanced $ or \\| in the claim (use \\mid / \\Vert)")
+            continue
+        prose = re.sub(r"`[^`]*`", "", re.sub(r"\$[^$]*\$", "", claim))
+        if ASCII_MATH_RE.search(prose):
+            problems.append(f"{cells[0]}: ASCII mathematics outside $...$: {ASCII_MATH_RE.search(prose).group(0)!r}")
+    assert not problems, "\n".join(problems)
 
 
 def test_no_cell_names_an_unknown_claim():

@@ -26,14 +26,18 @@ FIRST_LINE_RE = re.compile(r"#\s*claims?:\s*(.+)$")
 
 
 def read_ledger(path: Path) -> list[dict]:
-    """The rows of CLAIMS.md's table: id, claim, paper, chapter (as in tests/test_ledger.py)."""
+    """The rows of CLAIMS.md's table: id, claim, paper, chapter, status (as in tests/test_ledger.py).
+
+    Columns: ID | Claim | Paper | Chapter | check | Status. The claim is MyST markdown with TeX.
+    """
     rows = []
     for line in path.read_text().splitlines():
         cells = [c.strip().replace("¦", "|")
                  for c in line.replace("\\|", "¦").strip().strip("|").split("|")]
         if len(cells) >= 5 and ID_RE.match(cells[0]):
             rows.append({"id": cells[0], "claim": cells[1], "paper": cells[2],
-                         "chapters": [int(c) for c in re.findall(r"\d+", cells[3])]})
+                         "chapters": [int(c) for c in re.findall(r"\d+", cells[3])],
+                         "status": cells[5] if len(cells) >= 6 else ""})
     return rows
 
 
@@ -109,36 +113,43 @@ class ClaimsLedger(SphinxDirective):
             self.env.note_dependency(str(path))
         present = {int(p.name[:2]) for p in srcdir.glob(CHAPTER_GLOB)}
         cells = checking_cells(str(srcdir))
-        rows = [self._row(r, cells.get(r["id"], []), present) for r in read_ledger(ledger_path)]
-        return [_table(["ID", "Claim", "Paper", "Chapter", "Checked in"], rows, [6, 52, 12, 8, 22])]
+        return [self._entry(r, cells.get(r["id"], []), present) for r in read_ledger(ledger_path)]
 
-    def _row(self, claim: dict, cells: list, present: set) -> list[nodes.Node]:
-        checked = nodes.paragraph()
+    def _entry(self, claim: dict, cells: list, present: set) -> nodes.Node:
+        """One claim as a block: a line ID - paper - chapter - status - checking cells, then the claim.
+
+        Blocks rather than a six-column table: the statements are long formulas, which a table
+        squeezes into a narrow column (and which LaTeX cannot break across table cells).
+        """
+        head = nodes.paragraph(classes=["claim-head"])
+        head += nodes.strong("", claim["id"])
+        head += nodes.Text(" · ")
+        head += self._inline(claim["paper"])
+        many = len(claim["chapters"]) > 1
+        chapters = ", ".join(str(c) for c in claim["chapters"])
+        head += nodes.Text(f" · chapter{'s' if many else ''} {chapters} · status: ")
+        status = claim["status"] or "pending"
+        slug = re.sub(r"[^a-z]+", "-", status.lower().split()[0]).strip("-") or "other"
+        head += nodes.inline("", status, classes=["claim-status", f"claim-status-{slug}"])
+        head += nodes.Text(" · checked in ")
         for i, (docname, index, anchor) in enumerate(cells):
             ref = pending_xref("", refdomain="std", reftype="ref", reftarget=anchor,
                                refexplicit=True, refwarn=True, refdoc=self.env.docname)
             ref += nodes.inline("", f"{docname.split('/')[-1]}, cell {index + 1}")
-            checked += [nodes.Text("; ")] if i else []
-            checked += ref
+            head += [nodes.Text("; ")] if i else []
+            head += ref
         if not cells:
             written = any(ch in present for ch in claim["chapters"])
-            checked += nodes.emphasis("", "no checking cell yet" if written else "chapter not written yet")
-        chapters = ", ".join(str(c) for c in claim["chapters"])
-        return [nodes.paragraph("", "", nodes.strong("", claim["id"])), nodes.paragraph("", claim["claim"]),
-                nodes.paragraph("", claim["paper"]), nodes.paragraph("", chapters), checked]
+            head += nodes.emphasis("", "no checking cell yet" if written else "chapter not written yet")
+        entry = nodes.container(classes=["claim-entry"], ids=[f"ledger-{claim['id'].lower()}"])
+        entry += head
+        entry += self.parse_text_to_nodes(claim["claim"])
+        return entry
 
-
-def _table(header: list[str], rows: list[list[nodes.Node]], widths: list[int]) -> nodes.table:
-    table = nodes.table(classes=["claims-ledger"])
-    group = nodes.tgroup(cols=len(header))
-    table += group
-    group += [nodes.colspec(colwidth=w) for w in widths]
-    head, body = nodes.thead(), nodes.tbody()
-    group += [head, body]
-    head += nodes.row("", *[nodes.entry("", nodes.paragraph("", h)) for h in header])
-    for cells in rows:
-        body += nodes.row("", *[nodes.entry("", c) for c in cells])
-    return table
+    def _inline(self, text: str) -> list[nodes.Node]:
+        """A short ledger cell as MyST inline markdown ($...$ is typeset)."""
+        parsed, _ = self.parse_inline(text)
+        return parsed
 
 
 def _notebook_download(app, pagename, templatename, context, doctree) -> None:
@@ -166,7 +177,16 @@ def _write_notebooks(app, exception) -> None:
             jupytext.write(jupytext.read(src), target)
 
 
+def _add_static(app, config) -> None:
+    """config-inited: serve tools/book_static (the book's CSS) next to the site's other assets."""
+    static = str(Path(__file__).resolve().parent / "book_static")
+    if static not in config.html_static_path:
+        config.html_static_path.append(static)
+
+
 def setup(app):
+    app.connect("config-inited", _add_static)
+    app.add_css_file("book.css")
     # MathJax on every page, not only on pages with equations: the sidebar shows chapter titles
     # with mathematics (e.g. $q_\sigma$) on every page.
     app.set_html_assets_policy("always")
