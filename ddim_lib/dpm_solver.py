@@ -1,0 +1,149 @@
+"""DDIM's second-order successor: DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2).
+
+Coordinates (variance preserving): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) and the half
+log-SNR lambda_t = log(alpha_t / sigma_t), which increases as t decreases (lambda = +inf at abar = 1).
+The data prediction is eq. 9 of DDIM: x0_theta(x_t, t) = (x_t - sigma_t eps_theta(x_t, t)) / alpha_t.
+
+DDIM's ODE (eq. 14), written for x0_theta and solved by variation of constants, gives exactly, for a
+step from t to an earlier s with h = lambda_s - lambda_t > 0,
+
+    x_s = (sigma_s / sigma_t) x_t + sigma_s * integral_{lambda_t}^{lambda_s} e^lambda x0_theta(x_lambda) dlambda.   (1)
+
+Freezing x0_theta at its value at t gives the first-order exponential integrator, which is DDIM:
+
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) x0_theta(x_t, t).                           (2)
+
+Extrapolating x0_theta linearly in lambda through the last two evaluations gives DPM-Solver++(2M):
+
+    r = h_prev / h,  D = (1 + 1 / (2 r)) x0_theta(x_t, t) - 1 / (2 r) x0_theta(x_t', t'),
+    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,                                         (3)
+
+where t' is the grid time before t and h_prev = lambda_t - lambda_t'. Name table (ours -> Lu et al.):
+``a_t`` = alpha_t^2 (our abar), ``x0`` = x_theta, ``h`` = h_i, ``r`` = r_i, ``d`` = D_i.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+
+from ._util import as_float, check_alpha_bar, expand_to
+from .sampler import Trajectory, _as_tau, _progress
+from .schedule import NoiseSchedule
+
+__all__ = ["lambda_from_alpha_bar", "dpm_solver_pp_step", "dpm_solver_pp_2m"]
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ---- the formulas -------------------------------------------------------------------------------
+def lambda_from_alpha_bar(alpha_bar) -> torch.Tensor:
+    """lambda = log(alpha / sigma) = (1/2) log(abar / (1 - abar)) for abar in (0, 1]; abar = 1 gives +inf."""
+    a = check_alpha_bar(as_float(alpha_bar), "alpha_bar")
+    return 0.5 * (a.log() - torch.log1p(-a))
+
+
+def dpm_solver_pp_step(x_t: torch.Tensor, x0: torch.Tensor, a_t, a_s, x0_prev: torch.Tensor | None = None,
+                       a_prev=None) -> torch.Tensor:
+    """One step from abar_t to abar_s > abar_t: eq. 2 (first order, = DDIM) or, given the previous
+    grid point's x0_prev at abar_prev < abar_t, eq. 3 (DPM-Solver++(2M)).
+
+    eq. 2: x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) x0,  h = lambda_s - lambda_t;
+    eq. 3: the same with D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev, r = (lambda_t - lambda_prev) / h.
+    x_t, x0, x0_prev of shape (B, ...); abar's scalars or (B,). The step to abar_s = 1 (lambda_s =
+    +inf, the sampler's last) has r = 0 and no second-order form: it is eq. 2 and returns x0.
+    """
+    a_t, a_s = as_float(a_t).double(), as_float(a_s).double()
+    if (a_s <= a_t).any():
+        raise ValueError("a step must go towards less noise: a_s must exceed a_t")
+    lam_t, lam_s = lambda_from_alpha_bar(a_t), lambda_from_alpha_bar(a_s)
+    alpha_s, sigma_s, sigma_t = a_s.sqrt(), (1 - a_s).sqrt(), (1 - a_t).sqrt()
+    h = lam_s - lam_t                                               # 1. the step in lambda
+    phi = -torch.expm1(-h)                                          # 2. 1 - e^{-h} (= 1 at h = inf)
+    d = x0
+    if x0_prev is not None:                                         # 3. eq. 3's linear extrapolation
+        if a_prev is None:
+            raise ValueError("x0_prev needs a_prev, the alpha_bar at which it was predicted")
+        a_prev = as_float(a_prev).double()
+        if (a_prev >= a_t).any():
+            raise ValueError("a_prev must be below a_t: x0_prev comes from the noisier grid point")
+        if torch.isinf(h).any():
+            raise ValueError("the step to alpha_bar = 1 has r = 0: it is first order (omit x0_prev)")
+        r = (lam_t - lambda_from_alpha_bar(a_prev)) / h
+        d = expand_to(1 + 1 / (2 * r), x0) * x0 - expand_to(1 / (2 * r), x0) * x0_prev
+    # 4. eq. 2 / 3: x_s = (sigma_s / sigma_t) x_t + alpha_s (1 - e^{-h}) D
+    return expand_to(sigma_s / sigma_t, x_t) * x_t + expand_to(alpha_s * phi, x_t) * d
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+class _Step(NamedTuple):
+    """x_s = c_x * x_t + c_d * (w * x0 + w_prev * x0_prev): eq. 3 (eq. 2 when w_prev = 0)."""
+
+    t: int
+    alpha_t: float
+    sigma_t: float
+    c_x: float
+    c_d: float
+    w: float
+    w_prev: float
+
+
+def _plan(schedule: NoiseSchedule, tau, order: int) -> list[_Step]:
+    """Per-step coefficients of eq. 2 / 3, in float64 on the host (no device syncs in the loop)."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
+        raise ValueError(f"order must be 1 (DDIM, eq. 2) or 2 (DPM-Solver++(2M), eq. 3), got {order!r}")
+    tau = _as_tau(schedule, tau)
+    a = schedule.alpha_bars.double().cpu().tolist()
+    abar = [a[t] for t in reversed(tau)] + [1.0]                    # tau_S, ..., tau_1, then abar(-1) = 1
+    lam = [0.5 * (math.log(v) - math.log1p(-v)) if v < 1 else math.inf for v in abar]
+    steps = []
+    for i, t in enumerate(reversed(tau)):
+        h = lam[i + 1] - lam[i]
+        sigma_t, alpha_s, sigma_s = math.sqrt(1 - abar[i]), math.sqrt(abar[i + 1]), math.sqrt(1 - abar[i + 1])
+        w, w_prev = 1.0, 0.0
+        if order == 2 and i > 0 and math.isfinite(h):               # first step and last step: eq. 2
+            r = (lam[i] - lam[i - 1]) / h
+            w, w_prev = 1 + 1 / (2 * r), -1 / (2 * r)
+        steps.append(_Step(t, math.sqrt(abar[i]), sigma_t, sigma_s / sigma_t, alpha_s * -math.expm1(-h), w, w_prev))
+    return steps
+
+
+@torch.no_grad()
+def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Sequence[int] | int,
+                     order: int = 2, generator: torch.Generator | None = None, clip_x0: bool = False,
+                     return_trajectory: bool = False, progress: bool = False):
+    """DPM-Solver++(2M) over the subsequence tau from x_T of shape (B, ...): one model call per step.
+
+    Same conventions as ``sample``: ``tau`` increasing code indices or an int S (uniform spacing),
+    steps [(tau_S, tau_{S-1}), ..., (tau_1, -1)], the last to alpha_bar = 1, where x = x0_theta. The
+    first step is eq. 2 (no previous prediction yet), the middle ones eq. 3, and the last one eq. 2:
+    at alpha_bar = 1, h = inf and r = 0, so eq. 3 has no limit (diffusers' scheduler does the same
+    with ``final_sigmas_type="zero"``, whatever ``lower_order_final`` says). ``order=1`` runs eq. 2
+    throughout, which is DDIM (eta = 0). ``generator`` is accepted for ``sample``'s signature and
+    unused (deterministic). ``clip_x0`` clamps each x0_theta to [-1, 1]. Returns x_0, or a
+    ``Trajectory`` (states x_T, ..., x_0 and the x0_theta's) when ``return_trajectory``.
+    """
+    steps = _plan(schedule, tau, order)
+    if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
+        raise ValueError("x_T must be a floating-point tensor of shape (B, ...)")
+    x, x0_prev = x_T, None
+    xs, x0_preds = [x], []
+    t_batches = {s.t: torch.full((x.shape[0],), s.t, dtype=torch.long, device=x.device) for s in steps}
+    for s in _progress(steps, progress):
+        eps = model(x, t_batches[s.t])
+        if eps.shape != x.shape:
+            raise ValueError(f"the model must return eps of x's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
+        x0 = (x - s.sigma_t * eps) / s.alpha_t                      # eq. 9: x0_theta(x_t, t)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+        d = x0 if s.w_prev == 0 else torch.add(x0 * s.w, x0_prev, alpha=s.w_prev)
+        x = torch.add(x * s.c_x, d, alpha=s.c_d) if s.c_x else d * s.c_d
+        x0_prev = x0
+        if return_trajectory:
+            xs.append(x)
+            x0_preds.append(x0)
+    return Trajectory(x, xs, x0_preds) if return_trajectory else x
+
