@@ -17,7 +17,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-__all__ = ["frechet_distance", "frechet_distance_from_stats", "gaussian_stats", "pixel_features",
+__all__ = ["frechet_distance", "frechet_distance_from_stats", "gaussian_stats", "pixel_features", "FrechetReference",
            "DigitsClassifier", "DigitsFeatures", "digits_split", "InceptionFeatures", "reference_fd", "get_features",
            "FEATURE_NAMES", "DIGITS_CLASSIFIER_DIR"]
 
@@ -84,6 +84,34 @@ def frechet_distance(feats_a, feats_b) -> float:
     if feats_a.shape[1] != feats_b.shape[1]:
         raise ValueError(f"feature sets differ in dimension: {feats_a.shape[1]} and {feats_b.shape[1]}")
     return frechet_distance_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
+
+
+class FrechetReference:
+    """Fixed reference statistics for many Frechet distances (bootstraps, grids of samplers).
+
+    With the reference covariance S_r = R^2 (R its symmetric square root, computed once),
+    Tr (S S_r)^(1/2) = Tr (R S R)^(1/2): the eigenvalues of a symmetric PSD matrix, so each distance
+    costs one ``eigvalsh`` instead of a general ``sqrtm`` (the two routes agree to round-off:
+    tests/test_evaluate.py). ``FrechetReference(feats)(other_feats)`` is the FD between their fits.
+    """
+
+    def __init__(self, feats):
+        self.mu, self.cov = gaussian_stats(feats)
+        w, v = np.linalg.eigh(self.cov)
+        self.root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        self.trace = float(np.trace(self.cov))
+
+    def from_stats(self, mu, cov) -> float:
+        """FD between N(mu, cov) and the reference's Gaussian fit."""
+        mu, cov = np.asarray(mu, np.float64), np.atleast_2d(np.asarray(cov, np.float64))
+        if mu.shape != self.mu.shape or cov.shape != self.cov.shape:
+            raise ValueError(f"statistics of dimension {mu.shape} do not match the reference's {self.mu.shape}")
+        inner = np.linalg.eigvalsh(self.root @ cov @ self.root)
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(cov) + self.trace - 2 * np.sum(np.sqrt(np.clip(inner, 0, None))))
+
+    def __call__(self, feats) -> float:
+        return self.from_stats(*gaussian_stats(feats))
 
 
 def reference_fd(data: torch.Tensor, n: int, features, generator: torch.Generator | None = None) -> float:

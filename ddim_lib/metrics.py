@@ -25,9 +25,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .evaluate import _as_features, frechet_distance_from_stats, gaussian_stats
+from .evaluate import FrechetReference, _as_features, gaussian_stats
 
-__all__ = ["polynomial_kernel", "kid", "knn_radii", "precision_recall", "nearest_neighbour_distances",
+__all__ = ["polynomial_kernel", "kid", "kid_difference", "knn_radii", "precision_recall", "nearest_neighbour_distances",
            "quantiles_with_se", "frechet_with_se", "frechet_floor", "paired_bootstrap"]
 
 
@@ -70,6 +70,28 @@ def kid(feats_x, feats_y, degree: int = 3, coef0: float = 1.0) -> tuple[float, f
     g_x, g_y = row_xx - kxy.mean(1), row_yy - kxy.mean(0)
     se = math.sqrt(4 * g_x.var(ddof=1) / m + 4 * g_y.var(ddof=1) / n)
     return float(value), se
+
+
+def kid_difference(feats_a, feats_b, feats_y, degree: int = 3, coef0: float = 1.0) -> tuple[float, float]:
+    """KID(a, y) - KID(b, y) for paired sets a, b (m, d) (row i of both from the same latent), and s.e.
+
+    The reference y is common, so its own term cancels; the error, conditional on y, is first order
+    in the paired projections: 2 sd(g_a - g_b) / sqrt(m), with g as in ``kid``.
+    """
+    a, y = _pair(feats_a, feats_y, ("feats_a", "feats_y"))
+    b, _ = _pair(feats_b, feats_y, ("feats_b", "feats_y"))
+    if a.shape != b.shape:
+        raise ValueError(f"paired sets need the same shape, got {a.shape} and {b.shape}")
+    m = len(a)
+
+    def parts(x):
+        kxx = polynomial_kernel(x, x, degree, coef0)
+        return (kxx.sum(1) - np.diag(kxx)) / (m - 1), polynomial_kernel(x, y, degree, coef0).mean(1)
+
+    (row_a, cross_a), (row_b, cross_b) = parts(a), parts(b)
+    value = (row_a - row_b).mean() - 2 * (cross_a - cross_b).mean()      # the k(y, y) terms cancel
+    g = (row_a - cross_a) - (row_b - cross_b)
+    return float(value), float(2 * g.std(ddof=1) / math.sqrt(m))
 
 
 # ---- precision and recall -------------------------------------------------------------------------
@@ -142,18 +164,18 @@ def quantiles_with_se(values, qs=(0.1, 0.5, 0.9), n_boot: int = 500, rng=0) -> d
 
 
 # ---- Frechet distance with errors -----------------------------------------------------------------
-def frechet_with_se(feats, ref_mu, ref_cov, n_boot: int = 200, rng=0) -> tuple[float, float]:
-    """FD between the Gaussian fit of feats (N, k) and fixed reference statistics, with bootstrap s.e.
+def frechet_with_se(feats, reference, n_boot: int = 200, rng=0) -> tuple[float, float]:
+    """FD between the Gaussian fit of feats (N, k) and a fixed reference, with bootstrap s.e.
 
-    The reference is held fixed (it is common to every sampler compared), so the error is the
-    generated set's: the standard deviation of FD over ``n_boot`` resamples of its rows.
+    ``reference``: a ``FrechetReference`` or the reference features themselves. The reference is
+    held fixed (it is common to every sampler compared), so the error is the generated set's: the
+    standard deviation of FD over ``n_boot`` resamples of its rows.
     """
     f = _as_features(feats, "feats")
+    ref = reference if isinstance(reference, FrechetReference) else FrechetReference(reference)
     rng = _rng(rng)
-    value = frechet_distance_from_stats(*gaussian_stats(f), ref_mu, ref_cov)
-    boot = [frechet_distance_from_stats(*gaussian_stats(f[rng.integers(0, len(f), len(f))]), ref_mu, ref_cov)
-            for _ in range(n_boot)]
-    return value, float(np.std(boot, ddof=1)) if n_boot > 1 else math.nan
+    boot = [ref(f[rng.integers(0, len(f), len(f))]) for _ in range(n_boot)]
+    return ref(f), float(np.std(boot, ddof=1)) if n_boot > 1 else math.nan
 
 
 def frechet_floor(real_feats, n: int, draws: int = 50, rng=0) -> tuple[float, float]:
@@ -167,9 +189,8 @@ def frechet_floor(real_feats, n: int, draws: int = 50, rng=0) -> tuple[float, fl
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
     rng = _rng(rng)
-    mu, cov = gaussian_stats(f)
-    vals = [frechet_distance_from_stats(*gaussian_stats(f[rng.integers(0, len(f), n)]), mu, cov)
-            for _ in range(draws)]
+    ref = FrechetReference(f)
+    vals = [ref(f[rng.integers(0, len(f), n)]) for _ in range(draws)]
     return float(np.mean(vals)), float(np.std(vals, ddof=1))
 
 

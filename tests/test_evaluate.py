@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddim_lib.evaluate import (DIGITS_CLASSIFIER_DIR, DigitsFeatures, InceptionFeatures, digits_split,
+from ddim_lib.evaluate import (DIGITS_CLASSIFIER_DIR, DigitsFeatures, FrechetReference, InceptionFeatures, digits_split,
                                frechet_distance, frechet_distance_from_stats, gaussian_stats,
                                get_features, pixel_features, reference_fd)
 
@@ -96,6 +96,22 @@ def test_commuting_covariances_sqrt_of_eigenvalues():
     l_a, l_b = np.array([3.0, 1.0, 0.2, 0.05]), np.array([1.0, 1.0, 2.0, 0.8])
     got = frechet_distance_from_stats(np.zeros(4), q @ np.diag(l_a) @ q.T, np.zeros(4), q @ np.diag(l_b) @ q.T)
     assert got == pytest.approx(np.sum((np.sqrt(l_a) - np.sqrt(l_b)) ** 2), rel=REL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_frechet_reference_agrees_with_the_general_formula(k, seed):
+    """The eigvalsh route of FrechetReference against sqrtm of the product (and the closed form)."""
+    rng = np.random.default_rng(seed)
+    ref = rng.standard_normal((50, k)) @ rng.standard_normal((k, k))
+    other = rng.standard_normal((40, k)) * rng.uniform(0.1, 3, k) + rng.normal(size=k)
+    expected = frechet_distance(other, ref)
+    assert FrechetReference(ref)(other) == pytest.approx(expected, rel=1e-7, abs=1e-9)
+    k = max(k, 2)                                  # the exact-moment construction needs k >= 2
+    var_a, var_b = rng.uniform(0.01, 4, k), rng.uniform(0.01, 4, k)
+    with_diag = with_exact_moments(200, np.zeros(k), np.diag(np.sqrt(var_b)), seed)
+    got = FrechetReference(with_diag).from_stats(np.ones(k), np.diag(var_a))
+    assert got == pytest.approx(k + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2), rel=1e-9)
 
 
 def test_symmetric():
