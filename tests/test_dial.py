@@ -1,0 +1,152 @@
+"""Dialled-error denoisers and the exact-law divergence (ddim_lib.dial), in float64."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddim_lib as dl
+from ddim_lib.dial import (GRID_SAMPLERS, DialledEps, RandomFeatureField, bandwidth, detectable_effect, eta_trend,
+                           fingerprint, grid_chunks, grid_key, grid_samples, jackknife_se, kernel_mean, kernel_self,
+                           knn_precision, mmd2, per_t_error, seed_for, table1_laws)
+
+SCHEDULE = dl.NoiseSchedule.linear(T=1000)
+
+
+def _law():
+    """A 3-D mixture with unequal weights and per-coordinate stds (a harder case than chapter 6's)."""
+    return dl.GaussianMixture([[0.5, -1.0, 0.2], [-0.7, 0.4, 1.1]], [[0.2, 0.5, 0.1], [0.3, 0.1, 0.4]], [0.3, 0.7])
+
+
+@pytest.mark.parametrize("abar", [1.0, 0.6, 0.02])
+def test_field_mean_square_is_exact(abar):
+    law = _law().noised(abar) if abar < 1 else _law()
+    field = RandomFeatureField(3, n_features=32, length_scale=0.7, seed=3)
+    g = torch.Generator().manual_seed(0)
+    values = (field(law.sample(200_000, g))**2).mean(1)
+    z = (values.mean() - field.mean_sq(law)) / (values.std() / math.sqrt(len(values)))
+    assert abs(z) < 4, z
+
+
+def test_dialled_error_is_c_squared_per_dimension():
+    law = _law()
+    gen = torch.Generator().manual_seed(1)
+    model = DialledEps(law, SCHEDULE, 0.3)
+    err = per_t_error(model, model.oracle, law, SCHEDULE, [3, 300, 990], 20_000, gen, model_dtype=torch.float64,
+                      batch=5000)
+    for t, (mean, se) in err.items():
+        assert abs(mean - 0.09) < 4 * se, (t, mean, se)
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 5, 5, 100, 500, 900, 999])
+    torch.testing.assert_close(DialledEps(law, SCHEDULE, 0.0)(x, t), model.oracle(x, t), rtol=0, atol=0)
+    # linear in c
+    torch.testing.assert_close(DialledEps(law, SCHEDULE, 0.6)(x, t) - model.oracle(x, t),
+                               2 * (model(x, t) - model.oracle(x, t)), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_expectations_match_monte_carlo():
+    law, ell = _law(), 0.4
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    y = law.sample(400_000, g)
+    draws = torch.exp(-torch.cdist(x, y)**2 / (2 * ell**2))
+    z = (draws.mean(1) - kernel_mean(law, x, ell)) / (draws.std(1) / math.sqrt(y.shape[0]))
+    assert z.abs().max() < 4, z
+    y2 = law.sample(400_000, g)
+    pair = torch.exp(-((y - y2)**2).sum(1) / (2 * ell**2))
+    assert abs(pair.mean() - kernel_self(law, ell)) < 4 * pair.std() / math.sqrt(len(pair))
+
+
+def test_mmd2_is_the_u_statistic_and_unbiased():
+    law, ell = _law(), 0.5
+    g = torch.Generator().manual_seed(3)
+    x = law.sample(600, g)
+    value, left_out, within = mmd2(x, law, ell, groups=6)
+    k = torch.exp(-torch.cdist(x, x)**2 / (2 * ell**2))
+    n = x.shape[0]
+    direct = (k.sum() - k.diagonal().sum()) / (n * (n - 1)) - 2 * kernel_mean(law, x, ell).mean() + kernel_self(law, ell)
+    assert value == pytest.approx(direct.item(), rel=1e-10, abs=1e-14)
+    first = x[:100]
+    kf = torch.exp(-torch.cdist(first, first)**2 / (2 * ell**2))
+    direct0 = (kf.sum() - kf.diagonal().sum()) / (100 * 99) - 2 * kernel_mean(law, first, ell).mean() + kernel_self(law, ell)
+    assert within[0].item() == pytest.approx(direct0.item(), rel=1e-10, abs=1e-14)
+    # Exact samples: zero within 4 s.e.; a shifted law: far from zero.
+    value, left_out, _ = mmd2(law.sample(4000, g), law, ell)
+    assert abs(value) < 4 * jackknife_se(left_out)
+    value, left_out, _ = mmd2(law.sample(4000, g) + 0.3, law, ell)
+    assert value > 10 * jackknife_se(left_out)
+
+
+def test_eta_trend_is_the_least_squares_slope():
+    etas = [0.0, 0.2, 0.5, 1.0]
+    g = torch.Generator().manual_seed(4)
+    left_out = torch.randn(4, 10, generator=g, dtype=torch.float64).numpy()
+    values = np.array([1.0, 1.3, 1.4, 2.2])
+    slope, se = eta_trend(etas, values, left_out)
+    assert slope == pytest.approx(np.polyfit(etas, values, 1)[0], rel=1e-12)
+    slopes = [np.polyfit(etas, left_out[:, j], 1)[0] for j in range(10)]
+    assert se == pytest.approx(jackknife_se(slopes), rel=1e-10)
+    with pytest.raises(ValueError, match="etas"):
+        eta_trend([0.0], [1.0], [[1.0]])
+
+
+def test_detectable_effect_is_the_normal_power_formula():
+    # z_0.95 = 1.6449, z_0.80 = 0.8416
+    assert detectable_effect(1.0) == pytest.approx(1.644854 + 0.841621, abs=1e-5)
+    assert detectable_effect(2.0, alpha=0.025, power=0.5) == pytest.approx(2 * 1.959964, abs=1e-5)
+    with pytest.raises(ValueError, match="alpha"):
+        detectable_effect(1.0, alpha=1.5)
+
+
+def test_grid_cells_are_paired_and_prefix_stable():
+    laws = table1_laws()
+    assert set(laws) == {"ring", "cube"} and laws["cube"].dim == 16
+    assert bandwidth(laws["cube"]) == pytest.approx(0.1 * math.sqrt(32))
+    ring = laws["ring"]
+    oracle = dl.OracleEps(ring, SCHEDULE)
+    one = grid_samples(oracle, "ring", ring, SCHEDULE, 10, "eta = 1.0", chunks=1)
+    two = grid_samples(oracle, "ring", ring, SCHEDULE, 10, "eta = 1.0", chunks=2)
+    assert one.shape == (grid_chunks(10)[0], 2)
+    torch.testing.assert_close(two[: one.shape[0]], one, rtol=0, atol=0)
+    assert fingerprint(two) == fingerprint(one)
+    assert fingerprint(two[1:]) != fingerprint(one)
+    # eta = 0 is deterministic given x_T; the same x_T for every sampler (eta = 0 and 0.0-noise sigma_hat differ)
+    a = grid_samples(oracle, "ring", ring, SCHEDULE, 10, "eta = 0.0", chunks=1)
+    b = grid_samples(DialledEps(ring, SCHEDULE, 0.0), "ring", ring, SCHEDULE, 10, "eta = 0.0", chunks=1)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert grid_key("ring", 0.1, 10, "eta = 0.0") == "ring|c=0.1|S=10|eta = 0.0"
+    assert set(GRID_SAMPLERS) == {"eta = 0.0", "eta = 0.2", "eta = 0.5", "eta = 1.0", "sigma_hat"}
+    with pytest.raises(ValueError, match="sampler"):
+        grid_samples(oracle, "ring", ring, SCHEDULE, 10, "eta = 2")
+
+
+def test_seed_for_is_a_stable_hash():
+    expected = int.from_bytes(hashlib.sha256(b"xT/ring/10/0").digest()[:8], "little") >> 1
+    assert seed_for("xT", "ring", 10, 0) == expected
+    assert seed_for("xT", "ring", 10, 1) != expected
+
+
+def test_knn_precision():
+    g = np.random.default_rng(0)
+    real = g.normal(size=(300, 4))
+    assert knn_precision(real, real, k=3).all()
+    assert not knn_precision(real, real + 100.0, k=3).any()
+    inside = knn_precision(real, g.normal(size=(2000, 4)), k=3).mean()
+    assert 0.5 < inside < 1.0
+    with pytest.raises(ValueError, match="k must"):
+        knn_precision(real, real, k=300)
+
+
+def test_bad_input():
+    law = _law()
+    with pytest.raises(ValueError, match="c must"):
+        DialledEps(law, SCHEDULE, -1.0)
+    with pytest.raises(ValueError, match="dimension"):
+        DialledEps(law, SCHEDULE, 0.1, field=RandomFeatureField(2))
+    with pytest.raises(ValueError, match="length_scale"):
+        RandomFeatureField(2, length_scale=0.0)
+    with pytest.raises(ValueError, match="ell"):
+        mmd2(law.sample(40), law, 0.0)
+    with pytest.raises(ValueError, match="groups"):
+        mmd2(law.sample(10), law, 0.5, groups=10)
