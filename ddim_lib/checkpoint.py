@@ -1,28 +1,33 @@
-"""Checkpoints: a directory of safetensors weights and a JSON manifest, written atomically.
+"""Checkpoints: a folder of safetensors weights and a JSON manifest; a run keeps them as atomic units.
 
-Layout of a checkpoint directory:
+Layout of one checkpoint folder (also what ``ddim_lib/pretrained/<name>/`` ships):
 
 - ``model.safetensors``: the weights used for sampling (the EMA weights when training);
 - ``raw.safetensors`` (optional): the raw, non-averaged training weights;
 - ``optimizer.pt`` (optional): Adam's state, a dict of tensors and numbers, read back only with
   ``torch.load(weights_only=True)``, which refuses to execute code;
 - ``manifest.json``: preset, model overrides, schedule, step, seed, git commit, command, metrics,
-  creation time, format version and the SHA-256 of every file above.
+  the legs of the run, creation time, format version and the SHA-256 of every file above.
 
-Every file is written to a temporary file in the same directory, flushed to disk (fsync) and moved
-into place with ``os.replace``; the manifest goes last, so a reader never sees a manifest that
-points at files from another step (a mismatch is caught by the hashes).
+A training run directory ``out/`` holds ``step-<N>/`` checkpoint folders, ``log.jsonl`` and a
+``.lock``. A save writes a complete folder under a temporary name (``tempfile.mkdtemp``), fsyncs
+every file and the folder, and makes it visible with ONE ``os.rename`` to ``step-<N>``; the previous
+folder is removed only afterwards. A kill at any point therefore leaves the old checkpoint or the new
+one, whole. Readers take the newest folder whose files match the hashes of its manifest
+(``find_checkpoint``); ``clean_run_dir`` removes what an interrupted save left behind.
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,11 +39,13 @@ from .models import build_model
 from .schedule import NoiseSchedule
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_training_state",
-           "read_manifest", "git_commit", "unwrap", "resolve_device", "FORMAT_VERSION"]
+           "read_manifest", "verify_checkpoint", "find_checkpoint", "has_checkpoint", "clean_run_dir",
+           "step_dir_name", "RunLock", "git_commit", "unwrap", "resolve_device", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 MODEL_FILE, RAW_FILE, OPTIMIZER_FILE, MANIFEST_FILE = ("model.safetensors", "raw.safetensors",
                                                        "optimizer.pt", "manifest.json")
+STEP_PREFIX, TMP_PREFIX, TRASH_PREFIX, LOCK_FILE = "step-", ".tmp-step-", ".trash-", ".lock"
 
 
 class CheckpointError(ValueError):
@@ -65,9 +72,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if dev.type not in ("cpu", "cuda"):
+        hint = " (not available here)" if dev.type == "mps" and not _mps_available() else ""
+        raise ValueError(f"device {device!r}{hint} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,19 +117,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_temp(directory: Path, name: str, write: Callable[[str], None]) -> Path:
-    """Write a temporary file next to ``name`` with ``write(path)``, fsync it, return its path."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        _fsync(Path(tmp))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
 
@@ -121,8 +124,15 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # ---- saving --------------------------------------------------------------------------------------
 def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
                     ema_model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                    extra_state: dict | None = None) -> Path:
-    """Write a checkpoint into ``out_dir`` atomically and return the directory.
+                    extra_state: dict | None = None, keep: int = 1) -> Path:
+    """Write checkpoint ``step`` into the run directory ``out_dir`` as one atomic unit; return its folder.
+
+    The files go into a fresh temporary folder ``out_dir/.tmp-step-*`` (``tempfile.mkdtemp``), each
+    fsynced, the manifest with their SHA-256 last; the folder is then fsynced and renamed to
+    ``out_dir/step-<step>`` in one ``os.rename``, the commit point: before it a reader sees the
+    previous checkpoint only, after it the new one whole. Only then are older step folders beyond
+    the newest ``keep`` removed. Non-finite weights are refused (CheckpointError), so a checkpoint
+    on disk always holds finite weights.
 
     model.safetensors holds ``ema_model``'s weights when given (then raw.safetensors holds
     ``model``'s), else ``model``'s. ``manifest`` needs "preset"; step, created, format_version,
@@ -131,35 +141,101 @@ def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
     """
     if "preset" not in manifest:
         raise ValueError("the manifest needs a 'preset' entry (the name build_model takes)")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    if not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    states = {MODEL_FILE: _cpu_state(ema_model or model)}
+    if ema_model is not None:
+        states[RAW_FILE] = _cpu_state(model)
+    for name, state in states.items():
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise CheckpointError(f"refusing to save step {step}: {name} would hold non-finite weights "
+                                  f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writers = {MODEL_FILE: lambda p: save_file(_cpu_state(ema_model or model), p, {"step": str(step)})}
-    if ema_model is not None:
-        writers[RAW_FILE] = lambda p: save_file(_cpu_state(model), p, {"step": str(step)})
+    writers = {name: functools.partial(_save_safetensors, state, step=step) for name, state in states.items()}
     if optimizer is not None or extra_state:
         state = {"optimizer": optimizer.state_dict() if optimizer is not None else None,
                  "step": int(step), **(extra_state or {})}
-        writers[OPTIMIZER_FILE] = lambda p: torch.save(state, p)
-    temps = {}
+        writers[OPTIMIZER_FILE] = functools.partial(_torch_save, state)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
     try:
+        files = {}
         for name, write in writers.items():
-            temps[name] = _write_temp(out, name, write)
-        files = {name: _sha256(tmp) for name, tmp in temps.items()}
+            write(tmp / name)
+            _fsync(tmp / name)
+            files[name] = _sha256(tmp / name)
         full = {"model_overrides": {}, "schedule": None, "seed": None, "command": None, "metrics": {},
                 **manifest, "step": int(step), "format_version": FORMAT_VERSION, "files": files,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         if "git_commit" not in manifest:
             full["git_commit"] = git_commit()
         text = json.dumps(full, indent=2, default=_json_default) + "\n"
-        temps[MANIFEST_FILE] = _write_temp(out, MANIFEST_FILE, lambda p: Path(p).write_text(text))
-    except BaseException:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        with open(tmp / MANIFEST_FILE, "x") as f:
+            f.write(text)
+        _fsync(tmp / MANIFEST_FILE)
+        _fsync(tmp)
+        final = out / step_dir_name(step)
+        if final.is_symlink() or final.exists():   # a damaged folder of the same step (never a good one)
+            _discard(final)
+        os.rename(tmp, final)                       # the commit point
+    except BaseException as exc:
+        _remove_tree(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"could not write checkpoint step {step} into {out} "
+                                     f"({exc.strerror or exc}); the previous checkpoint is kept") from None
         raise
-    for name, tmp in temps.items():          # data files first, the manifest last
-        os.replace(tmp, out / name)
     _fsync(out)
-    return out
+    for old in _step_dirs(out)[keep:]:               # superseded: the new one is whole
+        if old[0] < step:
+            _discard(old[1])
+    return final
+
+
+def _save_safetensors(state: dict, path: Path, *, step: int) -> None:
+    save_file(state, str(path), {"step": str(step)})
+
+
+def _torch_save(state: dict, path: Path) -> None:
+    try:
+        torch.save(state, str(path))
+    except RuntimeError as exc:        # torch reports a failed write (e.g. disk full) as RuntimeError
+        raise OSError(errno.EIO, f"writing {path.name} failed: {str(exc).splitlines()[0]}") from None
+
+
+def step_dir_name(step: int) -> str:
+    """The folder name of checkpoint ``step`` inside a run directory: ``step-00000100``."""
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def _step_dirs(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``step-N`` folder in ``out``, newest first (nothing is verified)."""
+    found = []
+    try:
+        entries = list(out.iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        tail = p.name[len(STEP_PREFIX):]
+        if p.name.startswith(STEP_PREFIX) and tail.isdigit() and p.is_dir() and not p.is_symlink():
+            found.append((int(tail), p))
+    return sorted(found, reverse=True)
+
+
+def _discard(path: Path) -> None:
+    """Rename ``path`` out of the way (one atomic step), then delete it."""
+    if path.is_symlink():
+        path.unlink()
+        return
+    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=TRASH_PREFIX))
+    os.rename(path, trash / path.name)
+    _remove_tree(trash)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _json_default(obj):
@@ -171,7 +247,7 @@ def _json_default(obj):
 
 
 # ---- loading -------------------------------------------------------------------------------------
-def _checkpoint_dir(path) -> Path:
+def _as_dir(path) -> Path:
     path = Path(path).expanduser()
     if path.is_file():
         path = path.parent
@@ -180,24 +256,142 @@ def _checkpoint_dir(path) -> Path:
     return path
 
 
+def _manifest_step(directory: Path) -> int:
+    try:
+        step = json.loads((directory / MANIFEST_FILE).read_text()).get("step", 0)
+    except (OSError, ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
+
+
+def verify_checkpoint(path, files: tuple[str, ...] | None = None) -> dict:
+    """The validated manifest of the checkpoint folder ``path`` after checking the SHA-256 of its files.
+
+    ``files``: the files that must be present (default: every file the manifest lists).
+    CheckpointError (one line) when one is missing or differs from its hash.
+    """
+    directory = _as_dir(path)
+    manifest = read_manifest(directory)
+    for name in (files if files is not None else tuple(manifest.get("files") or ())):
+        _verified(directory, name, manifest)
+    return manifest
+
+
+def find_checkpoint(path, files: tuple[str, ...] | None = None) -> Path:
+    """The folder of the newest complete checkpoint at ``path``.
+
+    ``path`` is a checkpoint folder (manifest.json and weights: shipped models, single step folders,
+    runs written before step folders existed) or a run directory holding ``step-N`` folders: then
+    the newest one whose files all match its manifest's hashes (``files``: the files it needs) is
+    taken; a damaged newer one is skipped with a note on stderr. CheckpointError when none is usable.
+    """
+    directory = _as_dir(path)
+    candidates = [d for _, d in _step_dirs(directory)]
+    if (directory / MANIFEST_FILE).is_file():
+        flat = _manifest_step(directory)
+        candidates = [d for d in candidates if _manifest_step(d) > flat] + [directory]
+    if not candidates:
+        raise CheckpointError(f"{directory / MANIFEST_FILE} is missing: not a checkpoint directory "
+                              "(and no step-N checkpoint folders in it)")
+    errors = []
+    for candidate in candidates:
+        try:
+            verify_checkpoint(candidate, files)
+        except CheckpointError as exc:
+            errors.append(exc)
+            continue
+        if errors:
+            print(f"ddim_lib: note: skipped {len(errors)} damaged checkpoint(s) in {directory} "
+                  f"({errors[0]}); using {candidate.name}", file=sys.stderr)
+        return candidate
+    raise errors[0] if len(errors) == 1 else CheckpointError(
+        f"no complete checkpoint in {directory}: {len(errors)} damaged ({errors[0]})")
+
+
+def has_checkpoint(path) -> bool:
+    """Whether the run directory ``path`` holds a checkpoint (complete or not)."""
+    path = Path(path)
+    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or bool(_step_dirs(path)))
+
+
+def clean_run_dir(out, keep: int = 1) -> list[str]:
+    """Remove what interrupted saves left in the run directory ``out``; return the names removed.
+
+    Temporary folders and files (``.tmp-step-*``, ``.trash-*``, ``.*.tmp`` of older versions) go, and
+    so do step folders older than the newest ``keep`` complete ones. Damaged step folders newer than
+    the newest complete one are left for the user to inspect (a save of the same step replaces them).
+    """
+    out = Path(out)
+    removed = []
+    if not out.is_dir():
+        return removed
+    for p in out.iterdir():
+        if p.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or (p.name.startswith(".") and p.name.endswith(".tmp")):
+            if p.is_dir() and not p.is_symlink():
+                _remove_tree(p)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p.name)
+    complete = []
+    for step, d in _step_dirs(out):
+        try:
+            verify_checkpoint(d)
+        except CheckpointError:
+            if complete:                             # older and damaged: a partly deleted old folder
+                _discard(d)
+                removed.append(d.name)
+            continue
+        complete.append(d)
+        if len(complete) > keep:
+            _discard(d)
+            removed.append(d.name)
+    return removed
+
+
+_FIELD_TYPES = {"preset": (str,), "schedule": (dict,), "model_overrides": (dict, type(None)),
+                "step": (int,), "files": (dict, type(None)), "metrics": (dict, type(None)),
+                "train_config": (dict, type(None)), "legs": (list, type(None)), "seed": (int, type(None)),
+                "data": (str, type(None)), "command": (str, type(None))}
+
+
 def read_manifest(path) -> dict:
-    """The manifest of the checkpoint at ``path`` (its directory or a file in it), validated."""
-    file = _checkpoint_dir(path) / MANIFEST_FILE
+    """The manifest of the checkpoint at ``path`` (its directory or a file in it), validated.
+
+    Every known field must have its type (preset a string, schedule an object, step an integer...);
+    a wrong one raises CheckpointError naming the file and the field.
+    """
+    file = _as_dir(path) / MANIFEST_FILE
     if not file.is_file():
         raise CheckpointError(f"{file} is missing: not a checkpoint directory")
     try:
         manifest = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated (invalid JSON: {exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"{file} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{file} must hold a JSON object")
     for key in ("preset", "schedule"):
         if key not in manifest:
             raise CheckpointError(f"{file} has no {key!r} entry")
     version = manifest.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{file}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{file}: format_version {version!r} is newer than this ddim_lib reads "
                               f"({FORMAT_VERSION}); upgrade ddim_lib")
+    for key, types in _FIELD_TYPES.items():
+        value = manifest.get(key)
+        if key in manifest and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            names = " or ".join("null" if t is type(None) else {"str": "a string", "dict": "an object",
+                                "int": "an integer", "list": "a list"}[t.__name__] for t in types)
+            raise CheckpointError(f"{file}: field {key!r} must be {names}, got {value!r:.80}")
+    if isinstance(manifest.get("step"), int) and manifest["step"] < 0:
+        raise CheckpointError(f"{file}: field 'step' must be non-negative, got {manifest['step']}")
+    for name, digest in (manifest.get("files") or {}).items():
+        if name not in (MODEL_FILE, RAW_FILE, OPTIMIZER_FILE) or not isinstance(digest, str):
+            raise CheckpointError(f"{file}: field 'files' may only map {MODEL_FILE}, {RAW_FILE} and "
+                                  f"{OPTIMIZER_FILE} to SHA-256 strings, got {name!r:.60}")
     return manifest
 
 
@@ -217,6 +411,10 @@ def _load_weights(module: nn.Module, file: Path) -> None:
         state = load_file(file, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{file} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{file} holds non-finite weights ({', '.join(bad[:3])}); "
+                              "it comes from a diverged run")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -230,28 +428,37 @@ def _build(manifest: dict, where: Path) -> tuple[nn.Module, NoiseSchedule]:
         model = build_model(manifest["preset"], **overrides)
         schedule = NoiseSchedule.linear(**manifest["schedule"])
     except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{where / MANIFEST_FILE}: {exc}") from None
+        raise CheckpointError(f"{where / MANIFEST_FILE}: {' '.join(str(exc).split())}") from None
     return model, schedule
 
 
 def load_checkpoint(path, device="cpu", ema: bool = True) -> tuple[nn.Module, NoiseSchedule, dict]:
     """(model in eval mode on ``device``, its NoiseSchedule, the manifest) from a checkpoint.
 
-    ema=True reads model.safetensors (the sampling weights), ema=False raw.safetensors.
-    Needs only model.safetensors + manifest.json; raises CheckpointError with one line otherwise.
+    ``path``: a checkpoint folder or a run directory (its newest complete checkpoint, see
+    ``find_checkpoint``). ema=True reads model.safetensors (the sampling weights), ema=False
+    raw.safetensors. Needs only that file + manifest.json; raises CheckpointError with one line otherwise.
     """
-    directory = _checkpoint_dir(path)
+    name = MODEL_FILE if ema else RAW_FILE
+    directory = find_checkpoint(path, files=(name,))
     manifest = read_manifest(directory)
     model, schedule = _build(manifest, directory)
-    _load_weights(model, _verified(directory, MODEL_FILE if ema else RAW_FILE, manifest))
+    _load_weights(model, _verified(directory, name, manifest))
     return model.to(resolve_device(device)).eval(), schedule, manifest
 
 
 def load_training_state(path, *, model: nn.Module, ema_model: nn.Module,
-                        optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Restore raw weights, EMA weights and optimizer state in place; return (manifest, extra state)."""
-    directory = _checkpoint_dir(path)
+                        optimizer: torch.optim.Optimizer, check=None) -> tuple[dict, dict]:
+    """Restore raw weights, EMA weights and optimizer state in place; return (manifest, extra state).
+
+    ``path``: a checkpoint folder or a run directory (its newest complete checkpoint).
+    ``check(manifest, directory)``, if given, runs on the manifest before any weight is read (so a
+    run of another preset is refused for its configuration, not for a weight file that does not fit).
+    """
+    directory = find_checkpoint(path, files=(MODEL_FILE, RAW_FILE, OPTIMIZER_FILE))
     manifest = read_manifest(directory)
+    if check is not None:
+        check(manifest, directory)
     _load_weights(unwrap(model), _verified(directory, RAW_FILE, manifest))
     _load_weights(unwrap(ema_model), _verified(directory, MODEL_FILE, manifest))
     file = _verified(directory, OPTIMIZER_FILE, manifest)
@@ -262,3 +469,39 @@ def load_training_state(path, *, model: nn.Module, ema_model: nn.Module,
         raise CheckpointError(f"{file} is corrupt or does not fit the optimizer "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return manifest, state
+
+
+# ---- one writer per run directory ------------------------------------------------------------------
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``out/.lock`` for as long as a training run writes to ``out``.
+
+    A second run on the same directory gets CheckpointError at once (it never waits). The lock dies
+    with the process, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, out):
+        self.path = Path(out) / LOCK_FILE
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open the lock file {self.path} ({exc.strerror or exc}); "
+                                  "is it a symlink?") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise CheckpointError(f"another training run is writing to {self.path.parent} (it holds "
+                                  f"{self.path}); wait for it to finish or choose another --out") from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)          # closing releases the flock
+            self._fd = None

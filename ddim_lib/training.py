@@ -17,11 +17,14 @@ epoch; rank 0 writes checkpoints and the log. The batch size is per rank.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import datetime
 import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import MANIFEST_FILE, load_training_state, resolve_device, save_checkpoint
+from .checkpoint import (CheckpointError, RunLock, clean_run_dir, git_commit, has_checkpoint,
+                         load_training_state, resolve_device, save_checkpoint, unwrap)
 from .data import load_dataset
 from .models import build_model, get_preset
 from .schedule import NoiseSchedule
@@ -69,10 +73,11 @@ class TrainConfig:
     n_data: int | None = None           # train on a random subset of n samples
     model_overrides: dict = field(default_factory=dict)   # architecture options, e.g. {"ch": 64}
     command: str | None = None          # recorded in the manifest (default: this process's argv)
+    allow_config_change: bool = False   # let --resume change lr, EMA decay, warm-up, clipping, batch, ...
 
 
 class NonFiniteLossError(ValueError):
-    """Training produced a non-finite loss or gradient (learning rate too high, bad data...)."""
+    """Training produced a non-finite loss, gradient or weight (learning rate too high, bad data...)."""
 
 
 # ---- configuration --------------------------------------------------------------------------------
@@ -103,13 +108,20 @@ def _resolve(config: TrainConfig) -> _Resolved:
               (r.lr > 0 and np.isfinite(r.lr), f"lr must be positive, got {r.lr}"),
               (0 <= r.ema_decay < 1, f"ema_decay must lie in [0, 1), got {r.ema_decay}"),
               (isinstance(r.warmup, int) and r.warmup >= 0, f"warmup must be a non-negative integer, got {r.warmup!r}"),
-              (r.grad_clip > 0, f"grad_clip must be positive, got {r.grad_clip}"),
+              (r.grad_clip > 0 and np.isfinite(r.grad_clip), f"grad_clip must be positive, got {r.grad_clip}"),
+              (_is_int(config.seed) and 0 <= config.seed < 2**63,
+               f"seed must be an integer in [0, 2^63), got {config.seed!r}"),
+              (isinstance(config.model_overrides, dict), "model_overrides must be a JSON object such as {\"ch\": 64}"),
               (config.log_every >= 1, f"log_every must be positive, got {config.log_every}"),
               (config.ckpt_every >= 1, f"ckpt_every must be positive, got {config.ckpt_every}")]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
     return r
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _expected_shape(preset_name: str, overrides: dict) -> tuple[int, ...]:
@@ -227,16 +239,22 @@ def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-_RESUME_KEYS = ("preset", "seed", "data", "n_data", "model_overrides", "batch_size", "world_size")
+_FIXED_KEYS = ("preset", "model_overrides")                 # the weights would not fit another model
+_CHANGEABLE_KEYS = ("seed", "data", "n_data", "batch_size", "world_size", "lr", "ema_decay", "warmup",
+                    "grad_clip", "hflip")                    # only with allow_config_change
 
 
 def train(config: TrainConfig) -> Path:
-    """Train ``config.preset`` and return the checkpoint directory ``config.out``."""
+    """Train ``config.preset`` and return the run directory ``config.out`` (checkpoints in step-N/).
+
+    One writer per run directory: rank 0 holds an OS lock on ``out/.lock`` for the whole run.
+    """
     r = _resolve(config)
     expected = _expected_shape(config.preset, config.model_overrides)
     rank, world, device, started_group = _init_distributed(config.device)
     try:
-        return _train(config, r, expected, rank, world, device)
+        with RunLock(config.out) if rank == 0 else contextlib.nullcontext():
+            return _train(config, r, expected, rank, world, device)
     finally:
         if started_group:
             dist.destroy_process_group()
@@ -246,10 +264,11 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
            device: torch.device) -> Path:
     out = Path(config.out)
     preset = get_preset(config.preset)
-    has_checkpoint = (out / MANIFEST_FILE).is_file()
-    if has_checkpoint and not config.resume:
+    found = has_checkpoint(out)
+    if found and not config.resume:
         raise ValueError(f"{out} already holds a checkpoint; pass resume to continue it or choose another out")
-
+    if rank == 0:
+        clean_run_dir(out)                               # leftovers of an interrupted save
     data = load_dataset(r.data, config.data_root, n=config.n_data, generator=_generator(torch.device("cpu"), config.seed, 2))
     if tuple(data.shape[1:]) != expected:
         raise ValueError(f"data set {r.data!r} has samples of shape {tuple(data.shape[1:])}, but preset "
@@ -265,12 +284,25 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     # fused: one kernel over all parameters (on a CPU 5x faster than the per-tensor loop for 35.7M)
     optimizer = torch.optim.Adam(model.parameters(), lr=r.lr, fused=device.type in ("cpu", "cuda"))
-    train_config = {**asdict(config), **asdict(r), "world_size": world}
-    start, seconds_before = 0, 0.0
-    if has_checkpoint:
-        manifest, _ = load_training_state(out, model=model, ema_model=ema, optimizer=optimizer)
-        _check_resumable(manifest.get("train_config", {}), train_config, out)
-        start, seconds_before = manifest["step"], manifest.get("metrics", {}).get("train_seconds", 0.0)
+    train_config = json.loads(json.dumps({**asdict(config), **asdict(r), "world_size": world}, default=list))
+    command = config.command or shlex.join(sys.argv)
+    start, seconds_before, legs = 0, 0.0, []
+    if found:
+        def check(saved: dict, directory: Path) -> None:
+            _check_resumable(saved, train_config, out, config.allow_config_change)
+            if saved.get("step", 0) > r.steps:
+                raise ValueError(f"cannot resume {out}: its checkpoint is at step {saved['step']}, past the "
+                                 f"target steps = {r.steps}; ask for more steps to continue it")
+        saved, _ = load_training_state(out, model=model, ema_model=ema, optimizer=optimizer, check=check)
+        start, seconds_before = saved["step"], (saved.get("metrics") or {}).get("train_seconds", 0.0)
+        legs = _legs(saved)
+        if start == r.steps:
+            print(f"ddim: {out} is already at step {start} = the target steps; nothing to train "
+                  "(ask for more steps to continue it)", file=sys.stderr)
+            return out
+    legs.append({"from_step": start, "to_step": start, "command": command, "train_config": train_config,
+                 "git_commit": git_commit(),
+                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     use_cuda = device.type == "cuda"
     if use_cuda and data.ndim == 4:                 # NHWC convolutions are faster on CUDA
         model, ema = model.to(memory_format=torch.channels_last), ema.to(memory_format=torch.channels_last)
@@ -278,8 +310,7 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
     net = torch.compile(net) if config.compile else net
 
     manifest = {"preset": config.preset, "model_overrides": config.model_overrides, "schedule": preset.schedule,
-                "seed": config.seed, "data": r.data, "train_config": train_config,
-                "command": config.command or shlex.join(sys.argv)}
+                "seed": config.seed, "data": r.data, "train_config": train_config, "command": command, "legs": legs}
     log = _Log(out / LOG_FILE, start) if rank == 0 else None
     bar = tqdm(total=r.steps, initial=start, disable=not config.progress or rank != 0, dynamic_ncols=True,
                desc=f"train {config.preset}")
@@ -299,9 +330,11 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
         is_log, is_ckpt = done % config.log_every == 0 or done == r.steps, done % config.ckpt_every == 0 or done == r.steps
         if not (is_log or is_ckpt):
             continue
-        stats = _all_mean(torch.stack([window_loss / window_steps, window_bad.float()]), world).tolist()
-        if not np.isfinite(stats[0]) or stats[1] > 0:
-            _diverged(out, log, bar, done - window_steps, done, last_saved)
+        weights_bad = (~_all_finite(model, ema)).float()             # the weights after the update
+        stats = _all_mean(torch.stack([window_loss / window_steps, window_bad.float(), weights_bad]), world).tolist()
+        if not np.isfinite(stats[0]) or stats[1] > 0 or stats[2] > 0:
+            loss_ok = np.isfinite(stats[0]) and stats[1] == 0
+            _diverged(out, log, bar, done - window_steps, done, last_saved, weights=loss_ok)
         now = time.perf_counter()
         last_loss, rate = stats[0], window_steps * r.batch_size * world / max(now - clock, 1e-9)
         if log is not None:
@@ -313,6 +346,7 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
         if is_ckpt and rank == 0:
             manifest["metrics"] = {"loss": last_loss, "train_seconds": seconds_before + now - t_start,
                                    "samples_seen": done * r.batch_size * world}
+            legs[-1]["to_step"] = done
             save_checkpoint(out, model=model, ema_model=ema, optimizer=optimizer, step=done, manifest=manifest)
             last_saved = done
     bar.close()
@@ -321,35 +355,78 @@ def _train(config: TrainConfig, r: _Resolved, expected: tuple, rank: int, world:
     return out
 
 
-def _check_resumable(saved: dict, current: dict, out: Path) -> None:
-    current = json.loads(json.dumps(current, default=list))      # as the manifest stores it (tuples -> lists)
-    for key in _RESUME_KEYS:
-        if key in saved and saved[key] != current[key]:
-            raise ValueError(f"cannot resume {out}: it was trained with {key} = {saved[key]!r}, "
-                             f"not {current[key]!r}")
+def _all_finite(*modules: nn.Module) -> torch.Tensor:
+    """One boolean tensor: every floating-point parameter and buffer of ``modules`` is finite."""
+    tensors = [v for m in modules for v in unwrap(m).state_dict().values() if v.is_floating_point()]
+    return torch.stack([v.isfinite().all() for v in tensors]).all()
 
 
-def _diverged(out: Path, log, bar, first: int, last: int, last_saved: int):
+def _legs(saved: dict) -> list[dict]:
+    """The legs recorded in a checkpoint's manifest; older manifests had one config and command."""
+    legs = saved.get("legs")
+    if isinstance(legs, list) and all(isinstance(leg, dict) for leg in legs):
+        return [dict(leg) for leg in legs]
+    return [{"from_step": None, "to_step": saved.get("step"), "command": saved.get("command"),
+             "train_config": saved.get("train_config"), "git_commit": saved.get("git_commit"),
+             "note": "recorded before legs were kept: the start of this leg is unknown"}]
+
+
+def _check_resumable(saved: dict, current: dict, out: Path, allow_change: bool) -> None:
+    """Refuse to resume another model always, and changed hyper-parameters unless ``allow_change``."""
+    where = f"cannot resume {out} (checkpoint at step {saved.get('step')})"
+    if saved.get("preset") != current["preset"]:
+        raise ValueError(f"{where}: it was trained with preset {saved.get('preset')!r}, not "
+                         f"{current['preset']!r}; a run cannot change its model")
+    old = saved.get("train_config") or {}
+    if "model_overrides" in old and old["model_overrides"] != current["model_overrides"]:
+        raise ValueError(f"{where}: it was trained with model_overrides {old['model_overrides']!r}, not "
+                         f"{current['model_overrides']!r}; a run cannot change its model")
+    changed = [f"{k} = {old[k]!r}, not {current[k]!r}" for k in _CHANGEABLE_KEYS if k in old and old[k] != current[k]]
+    if changed and not allow_change:
+        raise ValueError(f"{where}: it was trained with {'; '.join(changed)}; pass allow_config_change "
+                         "(--allow-config-change) to change this on purpose (the manifest keeps every leg)")
+
+
+def _diverged(out: Path, log, bar, first: int, last: int, last_saved: int, weights: bool = False):
     bar.close()
+    what = "non-finite weights after the update" if weights else "non-finite loss or gradient"
     if log is not None:
-        log.write({"step": last, "event": "non-finite loss or gradient"})
-    kept = f"the last good checkpoint (step {last_saved}) is kept in {out}" if last_saved else "no checkpoint was written"
-    raise NonFiniteLossError(f"training stopped: non-finite loss or gradient between steps {first + 1} and "
-                             f"{last}; {kept}; try a lower learning rate")
+        log.write({"step": last, "event": what})
+    kept = (f"the last checkpoint with finite weights (step {last_saved}) is kept in {out}" if last_saved
+            else "no checkpoint was written")
+    raise NonFiniteLossError(f"training stopped: {what} between steps {first + 1} and {last}; {kept}; "
+                             "try a lower learning rate")
 
 
 class _Log:
-    """JSON lines, one per log step; on resume, rows after the checkpoint's step are dropped."""
+    """JSON lines, one per log step; on resume, rows after the checkpoint's step are dropped.
+
+    Never writes through a symlink: the rewrite goes to a ``mkstemp`` file replaced atomically, and
+    appends open the file with O_NOFOLLOW.
+    """
 
     def __init__(self, path: Path, start: int):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            raise CheckpointError(f"{path} is a symlink; refusing to write the log through it")
         rows = path.read_text().splitlines() if path.is_file() and start > 0 else []
         kept = [row for row in rows if _row_step(row) <= start]
-        path.write_text("".join(row + "\n" for row in kept))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(row + "\n" for row in kept))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def write(self, row: dict) -> None:
-        with open(self.path, "a") as f:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"cannot append to {self.path} ({exc.strerror}; a symlink is refused)") from None
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ddim_lib.checkpoint import MODEL_FILE, load_checkpoint
+from ddim_lib.checkpoint import MODEL_FILE, find_checkpoint, load_checkpoint
 from ddim_lib.cli import main as ddim
 from ddim_lib.pretrained import PRETRAINED_DIR
 
@@ -65,7 +65,7 @@ def main() -> None:
     dest = PRETRAINED_DIR / args.name
     dest.mkdir(parents=True, exist_ok=True)
     tmp_model, tmp_manifest = dest / f".{MODEL_FILE}.tmp", dest / ".manifest.json.tmp"
-    shutil.copyfile(args.run / MODEL_FILE, tmp_model)
+    shutil.copyfile(find_checkpoint(args.run) / MODEL_FILE, tmp_model)   # a run's newest step-N/
     tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp_model, dest / MODEL_FILE)
     os.replace(tmp_manifest, dest / "manifest.json")

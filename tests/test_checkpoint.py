@@ -24,8 +24,8 @@ def make_run(seed=0):
     return model, ema, optimizer
 
 
-def save(directory, model, ema=None, optimizer=None, step=7, **manifest):
-    return save_checkpoint(directory, model=model, ema_model=ema, optimizer=optimizer, step=step,
+def save(directory, model, ema=None, optimizer=None, step=7, keep=1, **manifest):
+    return save_checkpoint(directory, model=model, ema_model=ema, optimizer=optimizer, step=step, keep=keep,
                            manifest={"preset": "toy2d", "model_overrides": OVERRIDES,
                                      "schedule": {"T": 1000, "beta_start": 1e-4, "beta_end": 0.02},
                                      "seed": 0, **manifest})
@@ -38,15 +38,18 @@ def same_weights(a, b):
 
 @pytest.fixture
 def saved(tmp_path):
+    """(the step folder of a saved checkpoint, model, EMA model, optimizer)."""
     model, ema, optimizer = make_run()
-    save(tmp_path / "run", model, ema, optimizer, metrics={"loss": 0.5})
-    return tmp_path / "run", model, ema, optimizer
+    directory = save(tmp_path / "run", model, ema, optimizer, metrics={"loss": 0.5})
+    return directory, model, ema, optimizer
 
 
 def test_round_trip(saved):
     directory, model, ema, optimizer = saved
+    assert directory.name == "step-00000007" and sorted(p.name for p in directory.parent.iterdir()) == [directory.name]
     assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model.safetensors",
                                                            "optimizer.pt", "raw.safetensors"]
+    assert same_weights(load_checkpoint(directory.parent)[0], ema)    # the run directory works too
     loaded, schedule, manifest = load_checkpoint(directory)
     assert same_weights(loaded, ema) and not loaded.training          # EMA weights, eval mode
     assert same_weights(load_checkpoint(directory, ema=False)[0], model)
@@ -78,8 +81,8 @@ def test_shipped_checkpoint_needs_only_weights_and_manifest(saved):
 
 def test_without_ema_model_the_weights_are_the_models(tmp_path):
     model, _, _ = make_run()
-    save(tmp_path, model)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.safetensors"]
+    directory = save(tmp_path, model)
+    assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "model.safetensors"]
     assert same_weights(load_checkpoint(tmp_path)[0], model)
 
 
@@ -127,24 +130,105 @@ def test_damaged_or_missing_manifest(saved, tmp_path):
         one_line_error(directory, match)
 
 
+def tree(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def test_saving_is_atomic_and_leaves_no_temporary_files(saved, monkeypatch):
     directory, model, ema, optimizer = saved
-    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    run = directory.parent
+    before = tree(run)
     calls = []
 
     def failing_save_file(tensors, path, metadata=None):    # the second file fails mid-save
         calls.append(path)
         if len(calls) == 2:
             open(path, "wb").write(b"partial")
-            raise OSError("disk full")
+            raise OSError(28, "No space left on device")
         return real_save_file(tensors, path, metadata)
 
     real_save_file = ckpt.save_file
     monkeypatch.setattr(ckpt, "save_file", failing_save_file)
-    with pytest.raises(OSError, match="disk full"):
-        save(directory, model, ema, optimizer, step=8)
-    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before   # untouched, no leftovers
-    assert load_checkpoint(directory)[2]["step"] == 7
+    with pytest.raises(OSError, match="could not write checkpoint step 8 .*No space left.*previous checkpoint is kept"):
+        save(run, model, ema, optimizer, step=8)
+    assert tree(run) == before and sorted(p.name for p in run.iterdir()) == [directory.name]  # no leftovers
+    assert load_checkpoint(run)[2]["step"] == 7
+
+
+def test_a_new_checkpoint_replaces_the_old_one_only_when_whole(saved):
+    directory, model, ema, optimizer = saved
+    run = directory.parent
+    new = save(run, model, ema, optimizer, step=9)
+    assert sorted(p.name for p in run.iterdir()) == ["step-00000009"] and new == run / "step-00000009"
+    save(run, model, ema, optimizer, step=10, keep=2)
+    assert sorted(p.name for p in run.iterdir()) == ["step-00000009", "step-00000010"]
+    (run / "step-00000010" / "model.safetensors").write_bytes(b"damaged")        # the newest is damaged:
+    assert load_checkpoint(run)[2]["step"] == 9                                   # the newest complete one
+    assert ckpt.find_checkpoint(run) == run / "step-00000009"
+
+
+def test_leftovers_of_interrupted_saves_are_removed(saved):
+    directory, model, ema, optimizer = saved
+    run = directory.parent
+    (run / ".tmp-step-abc").mkdir()
+    (run / ".tmp-step-abc" / "model.safetensors").write_bytes(b"x" * 1000)
+    (run / ".model.safetensors.x1.tmp").write_bytes(b"x")                       # the layout of older versions
+    (run / ".trash-1").mkdir()
+    older = run / "step-00000003"
+    older.mkdir()
+    (older / "manifest.json").write_text("{")                                    # a half-deleted old folder
+    removed = ckpt.clean_run_dir(run)
+    assert sorted(removed) == [".model.safetensors.x1.tmp", ".tmp-step-abc", ".trash-1", "step-00000003"]
+    assert sorted(p.name for p in run.iterdir()) == [directory.name]
+
+
+def test_non_finite_weights_are_never_saved_nor_loaded(saved, tmp_path):
+    directory, model, ema, optimizer = saved
+    with torch.no_grad():
+        next(ema.parameters())[0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to save step 8: model.safetensors would hold non-finite"):
+        save(directory.parent, model, ema, optimizer, step=8)
+    assert load_checkpoint(directory.parent)[2]["step"] == 7
+    from safetensors.torch import save_file
+    state = {k: v.clone() for k, v in ema.state_dict().items()}
+    file = directory / "model.safetensors"
+    save_file(state, str(file))                                                  # written behind our back
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = ckpt._sha256(file)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(directory, "non-finite weights")
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"format_version": "1"}, "format_version must be an integer, got '1'"),
+    ({"step": "ten"}, "field 'step' must be an integer"), ({"step": -3}, "non-negative"),
+    ({"preset": 5}, "field 'preset' must be a string"), ({"schedule": "linear"}, "field 'schedule' must be an object"),
+    ({"model_overrides": [1]}, "field 'model_overrides' must be an object or null"),
+    ({"files": ["model.safetensors"]}, "field 'files'"), ({"files": {"../x": "ab"}}, "field 'files' may only"),
+    ({"metrics": 3}, "field 'metrics'"), ({"train_config": "x"}, "field 'train_config'"),
+    ({"legs": {}}, "field 'legs'"), ({"seed": 1.5}, "field 'seed'"),
+    ({"schedule": {"T": "many"}}, "manifest.json"), ({"model_overrides": {"hidden": "wide"}}, "manifest.json"),
+])
+def test_malformed_manifest_fields_give_one_line(saved, change, match):
+    directory = saved[0]
+    manifest = {**json.loads((directory / "manifest.json").read_text()), **change}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(directory, match)
+
+
+def test_run_lock_admits_one_writer(tmp_path):
+    with ckpt.RunLock(tmp_path):
+        with pytest.raises(CheckpointError, match="another training run is writing to"):
+            with ckpt.RunLock(tmp_path):
+                pass
+    with ckpt.RunLock(tmp_path):                     # released on exit
+        pass
+    (tmp_path / "elsewhere").write_text("")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="symlink"):
+        with ckpt.RunLock(tmp_path / "sub"):
+            pass
 
 
 def test_manifest_needs_a_preset(tmp_path):
@@ -177,6 +261,9 @@ def test_optimizer_state_never_executes_code(saved):
 
 def test_resolve_device():
     assert ckpt.resolve_device("cpu") == torch.device("cpu")
+    for bad in ("meta", "mps", "xla", "cpu:x"):
+        with pytest.raises(ValueError, match="not supported|invalid device"):
+            ckpt.resolve_device(bad)
     assert ckpt.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="invalid device"):
         ckpt.resolve_device("gpu7")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import ddim_lib.training as tr
 from ddim_lib import GaussianMixture, NoiseSchedule, OracleEps
-from ddim_lib.checkpoint import load_checkpoint
+from ddim_lib.checkpoint import CheckpointError, find_checkpoint, has_checkpoint, load_checkpoint
 from ddim_lib.training import NonFiniteLossError, TrainConfig, l_simple, train
 
 TOY = dict(preset="toy2d", batch_size=32, n_data=320, model_overrides={"hidden": 32, "depth": 2, "temb_dim": 16},
@@ -184,21 +184,76 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return loss * float("nan") if len(calls) == 13 else loss
     monkeypatch.setattr(tr, "l_simple", poisoned)
     out = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"between steps 11 and 15; the last good checkpoint \(step 10\)"):
+    with pytest.raises(NonFiniteLossError, match=r"between steps 11 and 15; the last checkpoint with finite weights \(step 10\)"):
         train(TrainConfig(**TOY, steps=30, out=str(out)))
     model, _, manifest = load_checkpoint(out)
     assert manifest["step"] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
     assert json.loads((out / tr.LOG_FILE).read_text().splitlines()[-1])["event"] == "non-finite loss or gradient"
 
 
+def test_diverging_weights_are_caught_after_the_update_and_never_saved(tmp_path):
+    """An absurd learning rate: the loss of the first steps is finite, the weights after them are not."""
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="non-finite weights after the update between steps 1 and 1; "
+                                                 "no checkpoint was written"):
+        train(TrainConfig(**{**TOY, "log_every": 1, "ckpt_every": 1}, steps=5, lr=1e39, warmup=0,
+                          grad_clip=1e30, out=str(out)))
+    assert not has_checkpoint(out)
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    out = tmp_path / "run"
+    with tr.RunLock(out):                            # another run holds the directory
+        with pytest.raises(CheckpointError, match="another training run is writing to"):
+            train(TrainConfig(**TOY, steps=10, out=str(out)))
+    assert not has_checkpoint(out)
+    train(TrainConfig(**TOY, steps=10, out=str(out)))
+
+
+def test_resume_refuses_changed_hyper_parameters_and_keeps_every_leg(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    train(TrainConfig(**TOY, steps=10, out=out, command="leg 1"))
+    for change, match in [({"lr": 0.1}, "lr = 0.001, not 0.1"), ({"ema_decay": 0.9}, "ema_decay"),
+                          ({"warmup": 3}, "warmup"), ({"grad_clip": 5.0}, "grad_clip")]:
+        with pytest.raises(ValueError, match=f"{match}.*--allow-config-change"):
+            train(TrainConfig(**{**TOY, **change}, steps=20, out=out, resume=True))
+    with pytest.raises(ValueError, match="preset 'toy2d', not 'digits'"):        # not a raw.safetensors error
+        train(TrainConfig(**{**TINY_UNET, "n_data": 64}, steps=20, out=out, resume=True))
+    with pytest.raises(ValueError, match="model_overrides"):
+        train(TrainConfig(**{**TOY, "model_overrides": {"hidden": 16}}, steps=20, out=out, resume=True,
+                          allow_config_change=True))
+    train(TrainConfig(**{**TOY, "lr": 5e-4}, steps=20, out=out, resume=True, allow_config_change=True,
+                      command="leg 2"))
+    manifest = load_checkpoint(out)[2]
+    assert [(leg["from_step"], leg["to_step"], leg["command"], leg["train_config"]["lr"]) for leg in manifest["legs"]] \
+        == [(0, 10, "leg 1", 1e-3), (10, 20, "leg 2", 5e-4)]
+    with pytest.raises(ValueError, match="at step 20, past the target steps = 15"):
+        train(TrainConfig(**{**TOY, "lr": 5e-4}, steps=15, out=out, resume=True))
+    capsys.readouterr()
+    train(TrainConfig(**{**TOY, "lr": 5e-4}, steps=20, out=out, resume=True))
+    assert "already at step 20 = the target steps; nothing to train" in capsys.readouterr().err
+    assert load_checkpoint(out)[2]["step"] == 20
+
+
+def test_the_log_is_never_written_through_a_symlink(tmp_path):
+    out, outside = tmp_path / "run", tmp_path / "outside.txt"
+    out.mkdir()
+    outside.write_text("precious\n")
+    (out / tr.LOG_FILE).symlink_to(outside)
+    with pytest.raises(CheckpointError, match="symlink"):
+        train(TrainConfig(**TOY, steps=10, out=str(out)))
+    assert outside.read_text() == "precious\n"
+
+
 # ---- exact resume -------------------------------------------------------------------------------------
 def assert_same_run(a, b):
+    a, b = find_checkpoint(a), find_checkpoint(b)
     for name in ("model.safetensors", "raw.safetensors"):
         sa, sb = load_file(a / name), load_file(b / name)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), name
     oa, ob = (torch.load(d / "optimizer.pt", weights_only=True)["optimizer"]["state"] for d in (a, b))
     assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
-    steps = [json.loads(r)["step"] for r in (b / tr.LOG_FILE).read_text().splitlines()]
+    steps = [json.loads(r)["step"] for r in (b.parent / tr.LOG_FILE).read_text().splitlines()]
     assert steps == sorted(set(steps))               # no duplicated rows after the resume
 
 
@@ -232,7 +287,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, sto
         train(TrainConfig(**TINY_UNET, steps=12, out=str(tmp_path / "split")))
     monkeypatch.setattr(tr, "l_simple", real)
     if stop_at < 4:                                    # killed before any checkpoint: starts afresh
-        assert not (tmp_path / "split" / "manifest.json").exists()
+        assert not has_checkpoint(tmp_path / "split")
     train(TrainConfig(**TINY_UNET, steps=12, out=str(tmp_path / "split"), resume=True))
     assert_same_run(whole_unet_run, tmp_path / "split")
 
@@ -248,7 +303,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script, str(split), str(steps)])
     try:
         deadline = time.monotonic() + 120
-        while not (split / "manifest.json").exists():      # wait for a first checkpoint ...
+        while not has_checkpoint(split):                    # wait for a first checkpoint ...
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
             time.sleep(0.01)
         time.sleep(random.Random(0).uniform(0.0, 0.1))      # ... then kill it at an arbitrary moment
@@ -256,7 +311,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
         assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
     finally:
         proc.kill()
-    killed_at = json.loads((split / "manifest.json").read_text())["step"]
+    killed_at = load_checkpoint(split)[2]["step"]
     assert 10 <= killed_at < steps
     train(TrainConfig(**config, steps=steps, out=str(split), resume=True))   # resumed here, from disk only
     assert_same_run(tmp_path / "whole", split)
