@@ -4,13 +4,18 @@ The browser test loads every page of ``book/_build/html`` (built by ``make book`
 test`` runs first) in headless Chromium through Playwright, served on 127.0.0.1 only, and checks:
 the mathematics is typeset by the local MathJax (``mjx-container`` elements, no ``mjx-merror``),
 every image loads (naturalWidth > 0), every local link resolves to a file and its anchor exists,
-no request leaves the host, and no page raises a JavaScript error. It keeps a screenshot of one
-chapter in ``build/artifacts/chapter.png``. Outside CI (env CI unset) it skips when Chromium or
+no request leaves the host, and no page raises a JavaScript error. After MathJax has run it also
+checks what a reader sees (``_reader_problems``): no raw TeX left in the page's text outside code
+and outputs (``$``, ``\\frac``, ``_{``: the mark of inline math that Markdown broke apart, e.g. a
+line starting with ``+`` read as a list item), no display equation wider than the content column
+at 1280 px, and no unresolved reference (``??``, "unknown document", a reference without a link).
+It keeps a screenshot of one chapter in ``build/artifacts/chapter.png``. Outside CI (env CI unset) it skips when Chromium or
 the built site is missing; in CI (CI=true) that is a failure.
 """
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import os
 import re
@@ -173,6 +178,46 @@ def _math_problems(page) -> list[str]:
     return found
 
 
+# Runs in the page after MathJax: text nodes with raw TeX outside code, outputs and typeset math;
+# display equations wider than the article column; unresolved references.
+READER_CHECK_JS = r"""
+() => {
+  const CODE = "pre, code, script, style, textarea, .cell_output, .output, .highlight, .MathJax";
+  const TEX = /\$|\\[A-Za-z]+|\^\{|_\{|\\\{|\\\|/;
+  const raw = [], unresolved = [], wide = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement, text = n.nodeValue;
+    if (!el || !text.trim() || el.closest(CODE)) continue;
+    if (text.includes("??")) unresolved.push(text.trim().slice(0, 80));
+    if (el.closest("mjx-container")) continue;
+    if (TEX.test(text)) raw.push(text.trim().replace(/\s+/g, " ").slice(0, 80));
+  }
+  for (const el of document.querySelectorAll("span.xref, .problematic"))
+    if (!el.closest("a")) unresolved.push("no link: " + el.textContent.trim().slice(0, 60));
+  if (document.body.innerText.includes("unknown document")) unresolved.push("unknown document");
+  const column = (document.querySelector("article.bd-article") || document.body).getBoundingClientRect();
+  for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
+    const r = (c.querySelector("mjx-math") || c).getBoundingClientRect();
+    if (r.width > column.width + 1 || r.right > column.right + 1 || r.left < column.left - 1) {
+      const id = c.closest("[id]") ? c.closest("[id]").id : "";
+      wide.push(`${Math.round(r.width)} px in a ${Math.round(column.width)} px column (#${id})`);
+    }
+  }
+  return {raw, wide, unresolved};
+}
+"""
+
+
+def _reader_problems(page) -> tuple[list[str], int]:
+    """What a reader sees after MathJax (READER_CHECK_JS): problems, and the raw-TeX count."""
+    found = page.evaluate(READER_CHECK_JS)
+    problems = [f"raw TeX in the text: {t!r}" for t in found["raw"]]
+    problems += [f"display equation wider than the column: {w}" for w in found["wide"]]
+    problems += [f"unresolved reference: {u!r}" for u in found["unresolved"]]
+    return problems, len(found["raw"])
+
+
 @pytest.mark.slow
 def test_every_page_in_headless_chromium(site, server):
     chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -198,6 +243,7 @@ def test_every_page_in_headless_chromium(site, server):
 
         page.route("**/*", route)
         errors: list[str] = []
+        raw_count: dict[str, int] = {}
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         for rel in _pages(site):
             errors.clear()
@@ -207,6 +253,8 @@ def test_every_page_in_headless_chromium(site, server):
             if response is None or response.status != 200:
                 found.append(f"HTTP {response.status if response else 'no response'}")
             found += _math_problems(page)
+            reader, raw_count[rel] = _reader_problems(page)
+            found += reader
             broken_images = page.eval_on_selector_all(
                 "img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.src)")
             found += [f"image does not load: {src}" for src in broken_images]
@@ -223,6 +271,8 @@ def test_every_page_in_headless_chromium(site, server):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "chapter.png"))
         browser.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "raw_tex_per_page.json").write_text(json.dumps(raw_count, indent=1) + "\n")
     assert not off_host, f"requests left the host: {sorted(set(off_host))[:10]}"
     assert not problems, "\n".join(f"{page}: {'; '.join(p)}" for page, p in problems.items())
     assert (ARTIFACTS / "chapter.png").stat().st_size > 10_000

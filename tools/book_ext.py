@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from functools import lru_cache
 from pathlib import Path
 
@@ -159,6 +160,90 @@ def _notebook_download(app, pagename, templatename, context, doctree) -> None:
         context["ipynb_source"] = f"{pagename}.ipynb"
 
 
+GREEK = {name: chr(code) for name, code in [
+    ("alpha", 0x3B1), ("beta", 0x3B2), ("gamma", 0x3B3), ("delta", 0x3B4), ("epsilon", 0x3B5),
+    ("eta", 0x3B7), ("theta", 0x3B8), ("lambda", 0x3BB), ("mu", 0x3BC), ("pi", 0x3C0),
+    ("sigma", 0x3C3), ("tau", 0x3C4), ("phi", 0x3C6), ("omega", 0x3C9), ("Sigma", 0x3A3)]}
+
+
+def plain_title(html: str) -> str:
+    """A page title without markup, its TeX made readable text: ``q_\\sigma`` -> ``q_σ``.
+
+    The theme prints ``pagetitle`` (the title with its tags stripped) as the print-only heading and
+    the browser tab's title, where MathJax does not run: raw TeX there is what a reader would see.
+    """
+    text = re.sub(r"<[^>]+>", "", html).replace("\\(", "").replace("\\)", "")
+    text = re.sub(r"\\(?:mathrm|text|mathbf|operatorname)\{([^}]*)\}", r"\1", text)
+    text = re.sub(r"\\([A-Za-z]+)", lambda m: GREEK.get(m.group(1), m.group(1)), text)
+    return re.sub(r"[{}]", "", text)
+
+
+def _plain_pagetitle(app, pagename, templatename, context, doctree) -> None:
+    """html-page-context: the print heading and <title> show no raw TeX (see plain_title)."""
+    if "\\" in context.get("pagetitle", ""):
+        context["pagetitle"] = plain_title(context["pagetitle"])
+
+
+def repository_url(app) -> str:
+    """Where the book's repository lives: conf ``book_repository_url`` (``repository: url`` of
+    _config.yml), else the build checkout's ``origin`` remote, else "" (then the box says how to
+    get the folder without an address)."""
+    url = app.config.book_repository_url or app.config.html_theme_options.get("repository_url", "")
+    if "executablebooks/jupyter-book" in url:   # Jupyter Book's default, not this book's address
+        url = ""
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=app.srcdir, text=True,
+                                 capture_output=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    return url if re.match(r"^(https?://|git@)", url) else ""
+
+
+def way_in(url: str, docname: str) -> str:
+    """The "run this chapter yourself" box (MyST markdown) for chapter ``docname``."""
+    where = f"the repository {url}" if url else "the book's repository (the folder with `pyproject.toml`)"
+    clone = f"git clone {url} ddim-book && cd ddim-book" if url else "cd ddim-book   # the repository's folder"
+    chapter = docname.startswith("notebooks/")
+    source = f"This page is `{docname}.md`" if chapter else "The chapters are the files `notebooks/NN_*.md`"
+    return f"""
+:::{{admonition}} Run this {"chapter" if chapter else "book"} yourself
+:class: tip way-in
+{source} in {where}. Every chapter runs with the library `ddim_lib` from that
+repository installed (Python 3.10 or newer; a CPU is enough):
+
+```bash
+{clone}
+python -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[test,book]"
+make lab   # JupyterLab on notebooks/: a double-click opens a chapter as a notebook
+```
+
+(`make lab` does the install itself.) Chapters read shipped files, such as trained models, by
+paths inside the repository: run a downloaded `.ipynb` from the repository's `notebooks/` folder.
+:::
+"""
+
+
+WAY_IN_RE = re.compile(r"^# .*$", re.M)
+
+
+def _insert_way_in(app, docname: str, source: list[str]) -> None:
+    """source-read: after the H1 of the landing page and of every chapter, the way-in box.
+
+    Inserted into the page's first markdown cell, so the executed notebook offered for download
+    carries it too (cell indices, and jupyter-cache's hash of the code, do not change). Not in
+    the PDF, which says it once, in its introduction.
+    """
+    if app.builder.format != "html":
+        return
+    if docname != "book/intro" and not Path(app.srcdir, docname).match(CHAPTER_GLOB[:-3]):
+        return
+    m = WAY_IN_RE.search(source[0])
+    if m:
+        box = way_in(repository_url(app), docname)
+        source[0] = source[0][:m.end()] + "\n" + box + source[0][m.end():]
+
+
 def _write_notebooks(app, exception) -> None:
     """build-finished: copy each chapter's executed notebook (or its conversion) into _sources/."""
     if exception is not None or app.builder.format != "html":
@@ -191,8 +276,11 @@ def setup(app):
     # with mathematics (e.g. $q_\sigma$) on every page.
     app.set_html_assets_policy("always")
     app.add_config_value("claims_ledger_file", "CLAIMS.md", "env")
+    app.add_config_value("book_repository_url", "", "env")
+    app.connect("source-read", _insert_way_in)
     app.add_directive("claims-ledger", ClaimsLedger)
     app.connect("doctree-read", _anchor_cells)
     app.connect("html-page-context", _notebook_download, priority=400)
+    app.connect("html-page-context", _plain_pagetitle)
     app.connect("build-finished", _write_notebooks)
     return {"parallel_read_safe": False, "parallel_write_safe": True, "env_version": 1}

@@ -1,0 +1,145 @@
+"""JupyterLab as the README promises it (``make lab``), proved against a real JupyterLab server.
+
+A JupyterLab server is started from this project's .venv on 127.0.0.1 (``--allow-root`` when run
+as root, as ``make lab`` does), with empty user configuration folders, so only the project's own
+settings count. Through the server's REST API (the same calls the Lab front end makes):
+
+1. the settings API reports the default viewer of markdown and MyST files as jupytext's
+   notebook factory ("Jupytext Notebook", checked against the installed jupyterlab-jupytext):
+   a double-click opens a chapter as a notebook;
+2. every chapter, fetched as a notebook through the contents API and saved back (with execution
+   counts, outputs and kernel metadata added, as after running it) is byte-identical: saving a
+   chapter from Lab leaves ``git status`` clean (jupytext.toml's metadata filter), and no paired
+   .ipynb appears.
+
+The server works on a temporary copy of notebooks/ and jupytext.toml, never on the repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "jupyterlab-jupytext"
+OVERRIDES = ROOT / "tools" / "lab_overrides.json"
+DOCMANAGER = "@jupyterlab/docmanager-extension:plugin"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+
+def test_make_lab_installs_the_project_setting_and_runs_as_root():
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "lab"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "cp tools/lab_overrides.json .venv/share/jupyter/lab/settings/overrides.json" in dry
+    from jupyterlab.labapp import LabApp   # ... which is where this JupyterLab reads overrides from
+    assert Path(LabApp().app_settings_dir) == Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings"
+    assert Path(sys.prefix).resolve() == (ROOT / ".venv").resolve() or "VIRTUAL_ENV" not in os.environ
+    assert re.search(r"jupyter lab notebooks .*id -u.*= 0 && echo --allow-root", dry), dry
+
+
+def test_the_default_viewer_is_jupytexts_notebook_factory():
+    wanted = json.loads(OVERRIDES.read_text())[DOCMANAGER]["defaultViewers"]
+    assert set(wanted) == {"markdown", "myst"} and set(wanted.values()) == {"Jupytext Notebook"}
+    bundle = "".join(p.read_text(errors="replace") for p in (LABEXT / "static").glob("*.js"))
+    assert 'FACTORY="Jupytext Notebook"' in bundle, "jupyterlab-jupytext's notebook factory was renamed"
+    assert '"markdown","myst"' in bundle, "jupyterlab-jupytext no longer registers these file types"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on a copy of the chapters, with the project's settings only."""
+    base = tmp_path_factory.mktemp("lab")
+    work = base / "repo"
+    shutil.copytree(ROOT / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns("*.ipynb*"))
+    shutil.copy(ROOT / "jupytext.toml", work / "jupytext.toml")
+    settings = base / "app-settings"
+    settings.mkdir()
+    shutil.copy(OVERRIDES, settings / "overrides.json")   # what `make lab` puts in .venv/share/...
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(base / "user-config"),
+               JUPYTER_DATA_DIR=str(base / "user-data"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+               HOME=str(base))
+    port, token = _free_port(), "test-token"
+    cmd = [str(BIN / "jupyter"), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={work}", f"--LabApp.app_settings_dir={settings}"]
+    if os.getuid() == 0:
+        cmd.append("--allow-root")
+    log = open(base / "lab.log", "w")
+    proc = subprocess.Popen(cmd, cwd=work / "notebooks", env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("JupyterLab did not start:\n" + (base / "lab.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield {"url": url, "token": token, "work": work}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _call(lab, method: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{lab['url']}{path}", data=data, method=method, headers={
+        "Authorization": f"token {lab['token']}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def test_lab_opens_chapters_as_notebooks(lab):
+    setting = _call(lab, "GET", f"/lab/api/settings/{DOCMANAGER}")
+    # overrides.json replaces the schema's default (the user's own settings stay empty)
+    assert "defaultViewers" not in setting["settings"]
+    viewers = setting["schema"]["properties"]["defaultViewers"]["default"]
+    assert viewers.get("markdown") == "Jupytext Notebook" and viewers.get("myst") == "Jupytext Notebook"
+    model = _call(lab, "GET", "/api/contents/notebooks/01_forward_process.md?type=notebook&content=1")
+    assert model["type"] == "notebook" and model["content"]["nbformat"] == 4
+    assert any(c["cell_type"] == "code" for c in model["content"]["cells"])
+
+
+CHAPTERS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.md"))
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_saving_a_chapter_from_lab_leaves_it_unchanged(lab, name):
+    path = lab["work"] / "notebooks" / name
+    before = path.read_bytes()
+    model = _call(lab, "GET", f"/api/contents/notebooks/{name}?type=notebook&content=1")
+    nb = model["content"]
+    nb["metadata"]["language_info"] = {"name": "python", "version": sys.version.split()[0]}
+    for count, cell in enumerate((c for c in nb["cells"] if c["cell_type"] == "code"), start=1):
+        cell["execution_count"] = count
+        cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
+        cell["metadata"]["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00Z"}
+    _call(lab, "PUT", f"/api/contents/notebooks/{name}",
+          {"type": "notebook", "format": "json", "content": nb})
+    after = path.read_bytes()
+    assert after == before, f"saving {name} from JupyterLab rewrote it:\n" + "\n".join(
+        line for line in __import__("difflib").unified_diff(
+            before.decode().splitlines(), after.decode().splitlines(), lineterm="", n=0))
+    assert not list(path.parent.glob("*.ipynb")), "a paired .ipynb appeared next to the chapter"
