@@ -5,7 +5,8 @@ and ``build/bench/results.json``.
 
 1. sampler overhead: ddim_lib.sample over S bare forward passes (digits UNet, S = 50, batch 256);
 2. ddim_lib.sample over diffusers' DDIMScheduler loop (same model, equivalent configuration), after
-   asserting that both give the same x_0 to float32 precision;
+   asserting that both give the same x_0 to float32 precision; likewise (parity only) that
+   ddim_lib.dpm_solver_pp_2m and diffusers' DPMSolverMultistepScheduler ("dpmsolver++", order 2) agree;
 3. one optimiser step of build_model("cifar10") over diffusers' UNet2DModel (batch 8, 32x32);
 4. DDIM at the smallest S matching DDPM-1000's Frechet distance (within 10%) over DDPM-1000, for the
    paper's two DDPM samplers: (a) eta = 1 and (b) sigma_hat;
@@ -38,6 +39,7 @@ class BenchConfig:
     S: int = 50                      # sampling steps for ratios 1 and 2
     sample_batch: int = 256          # batch for ratios 1 and 2
     parity_batch: int = 16           # batch of the float32/float64 parity check against diffusers
+    dpm_S: int = 20                  # steps of the DPM-Solver++(2M) parity check
     train_batch: int = 8             # batch of ratio 3 (32x32 CIFAR-10 images)
     train_repeats: int = 5           # timed rounds of ratio 3 (a CPU training step takes seconds)
     fd_samples: int = 512            # samples per sampler for ratio 4's Frechet distances
@@ -47,7 +49,7 @@ class BenchConfig:
     out: str = str(ROOT / "build" / "bench" / "results.json")
 
 
-QUICK = dict(repeats=2, warmup=1, S=5, sample_batch=8, parity_batch=4, train_batch=2, train_repeats=1,
+QUICK = dict(repeats=2, warmup=1, S=5, dpm_S=5, sample_batch=8, parity_batch=4, train_batch=2, train_repeats=1,
              fd_samples=96, S_grid=[5, 10])
 TARGETS = {"sampler_overhead": ("<=", 1.02), "against_diffusers": ("<=", 1.0),
            "training_step": ("<=", 0.9), "ddim_vs_ddpm": ("<=", 0.1)}
@@ -64,6 +66,7 @@ def run(cfg: BenchConfig, quick: bool = False) -> dict:
         "sampler_overhead": lambda: sampling.sampler_overhead(model, schedule, cfg.S, cfg.sample_batch,
                                                               cfg.repeats, cfg.warmup),
         "diffusers_parity": lambda: sampling.diffusers_parity(model, schedule, cfg.S, cfg.parity_batch),
+        "dpm_parity": lambda: sampling.dpm_parity(model, schedule, cfg.dpm_S, cfg.parity_batch),
         "against_diffusers": lambda: sampling.against_diffusers(model, schedule, cfg.S, cfg.sample_batch,
                                                                 cfg.repeats, cfg.warmup),
         "loop_overhead": lambda: sampling.loop_overhead(schedule, cfg.S, cfg.sample_batch, sampling._shape(model),
@@ -195,6 +198,15 @@ def table(results: dict) -> str:
                      f"real digits (floor) {r4['floor']['mean']:.2f} [{r4['floor']['min']:.2f}, {r4['floor']['max']:.2f}]"
                      + (f"; DDIM at S = {r4['ddim_at_T']['S']} (its own limit): {r4['ddim_at_T']['fd']:.2f}"
                         if "ddim_at_T" in r4 else ""))
+    dpm = parts.get("dpm_parity", {})
+    if "error" in dpm:
+        lines.append(f"DPM-Solver++(2M) parity with diffusers: FAILED: {dpm['error']}")
+    elif dpm:
+        lines.append(f"DPM-Solver++(2M) parity with diffusers' DPMSolverMultistepScheduler (S = {dpm['S']}, batch "
+                     f"{dpm['batch']}): max |ours - diffusers| = {dpm['ours_vs_diffusers']:.2e} <= {dpm['tolerance']:.2e} "
+                     f"(tolerance); vs a float64 run: ours {dpm['ours_vs_float64']:.2e}, diffusers "
+                     f"{dpm['diffusers_vs_float64']:.2e} (max |x0| {dpm['max_abs_x0']:.2f}); with diffusers' own "
+                     f"float32 alpha-bars: {dpm['ours_vs_diffusers_own_alpha_bars']:.2e}")
     loop = parts.get("loop_overhead", {})
     if "ratio" in loop:
         lines.append(f"loops alone (free model, S = {loop['S']}, batch {loop['batch']}): ddim_lib "

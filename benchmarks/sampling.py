@@ -1,5 +1,6 @@
 """Sampling benchmarks: sampler overhead over bare forward passes, ddim_lib versus diffusers'
-DDIMScheduler loop (with an output-parity check), and DDIM-S versus DDPM-1000 at equal quality."""
+DDIMScheduler loop (with an output-parity check), DPM-Solver++(2M) output parity with diffusers'
+DPMSolverMultistepScheduler, and DDIM-S versus DDPM-1000 at equal quality."""
 from __future__ import annotations
 
 import statistics
@@ -112,6 +113,71 @@ def against_diffusers(model, schedule, S: int, batch: int, repeats: int, warmup:
                        "diffusers": lambda: diffusers_sample(model, x_T, sched, S)}, repeats, warmup)
     return {"S": S, "batch": batch, "ddim_lib": summary(times["ddim_lib"]),
             "diffusers": summary(times["diffusers"]), **ratio(times["ddim_lib"], times["diffusers"])}
+
+
+
+# ---- DPM-Solver++(2M) against diffusers' DPMSolverMultistepScheduler ---------------------------
+DPM_TOLERANCE = 2e-4     # max |ours - diffusers| allowed, relative to max |x_0| (float32 runs)
+
+
+def dpm_scheduler(schedule: NoiseSchedule, alpha_bars_from_ours: bool, **overrides):
+    """diffusers' DPMSolverMultistepScheduler configured as ``ddim_lib.dpm_solver_pp_2m``: the data-
+    prediction solver ("dpmsolver++") of order 2 in its multistep midpoint form (Lu et al.'s
+    Algorithm 2), epsilon-prediction, no thresholding, last sigma zero (so its last step is first
+    order and returns x_0, as ours), no Karras/Lu/exponential sigmas. Timesteps are given explicitly
+    to ``set_timesteps`` (see ``dpm_diffusers_sample``), so no spacing rule is involved."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    config = dict(num_train_timesteps=schedule.T, trained_betas=schedule.betas.double().numpy(),
+                  solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint",
+                  prediction_type="epsilon", thresholding=False, lower_order_final=True, euler_at_final=False,
+                  final_sigmas_type="zero", use_karras_sigmas=False, use_lu_lambdas=False)
+    sched = DPMSolverMultistepScheduler(**(config | overrides))
+    if alpha_bars_from_ours:
+        sched.alphas_cumprod = schedule.alpha_bars.double().float().clone()
+    return sched
+
+
+@torch.no_grad()
+def dpm_diffusers_sample(model, x_T: torch.Tensor, sched, tau: list[int]) -> torch.Tensor:
+    """A diffusers pipeline's loop with explicit timesteps: tau walked backwards, one step per t."""
+    sched.set_timesteps(timesteps=list(reversed(tau)))
+    x = x_T
+    for t in sched.timesteps:
+        x = sched.step(model(x, t.expand(x.shape[0])), t, x).prev_sample
+    return x
+
+
+def dpm_parity(model, schedule, S: int, batch: int, tolerance: float = DPM_TOLERANCE) -> dict:
+    """Assert that ddim_lib.dpm_solver_pp_2m and diffusers' DPMSolverMultistepScheduler give the same x_0.
+
+    Both run in float32 from the same x_T over tau = ddim_lib.timesteps(T, S). Required:
+    max |ours - diffusers| <= ``tolerance`` * max |x_0|. Reported beside it: each one's distance to
+    our sampler run in float64 (model and x_T in float64). diffusers keeps its sigmas, and so its
+    step coefficients, in float32 while ours are float64, so its float32 run is the further of the two
+    (about 10x on the digits UNet): that is why the criterion is an absolute tolerance rather than the
+    DDIM check's factor. A different method is orders of magnitude off: the first-order solver or
+    the "heun" form of the second-order term (``tests/test_bench.py``)."""
+    import copy
+
+    from ddim_lib.dpm_solver import dpm_solver_pp_2m
+
+    tau = ddim_lib.timesteps(schedule.T, S)
+    x_T = torch.randn(batch, *_shape(model), generator=torch.Generator().manual_seed(1))
+    reference = dpm_solver_pp_2m(copy.deepcopy(model).double(), x_T.double(), schedule.to(dtype=torch.float64), tau)
+    ours = dpm_solver_pp_2m(model, x_T, schedule, tau)
+    theirs = dpm_diffusers_sample(model, x_T, dpm_scheduler(schedule, alpha_bars_from_ours=True), tau)
+    theirs_own = dpm_diffusers_sample(model, x_T, dpm_scheduler(schedule, alpha_bars_from_ours=False), tau)
+    max_x0 = reference.abs().max().item()
+    result = {"S": S, "batch": batch, "tau_first_last": [tau[0], tau[-1]], "max_abs_x0": max_x0,
+              "ours_vs_diffusers": (ours - theirs).abs().max().item(),
+              "ours_vs_float64": (ours.double() - reference).abs().max().item(),
+              "diffusers_vs_float64": (theirs.double() - reference).abs().max().item(),
+              "ours_vs_diffusers_own_alpha_bars": (ours - theirs_own).abs().max().item(),
+              "tolerance": tolerance * max_x0}
+    if not result["ours_vs_diffusers"] <= result["tolerance"]:
+        raise AssertionError(f"diffusers' DPM-Solver++(2M) and ddim_lib's disagree beyond float32 tolerance: {result}")
+    return result
 
 
 # ---- DDIM versus DDPM at equal quality ---------------------------------------------------------

@@ -127,6 +127,57 @@ def test_diffusers_parity_detects_a_different_configuration(tiny_unet, monkeypat
         sampling.diffusers_parity(tiny_unet, schedule, S=10, batch=4)
 
 
+def test_dpm_diffusers_loop_matches_ours_for_an_analytic_model():
+    """diffusers' DPMSolverMultistepScheduler loop equals ddim_lib.dpm_solver_pp_2m for eps(x, t) = x * c_t
+    (no network), x in float64. diffusers rounds its sigmas to float32 and steps in float32, so the
+    agreement is to float32 level (measured ~1e-6 here); the first-order solver differs by ~1e-1."""
+    _needs_diffusers()
+    from ddim_lib.dpm_solver import dpm_solver_pp_2m
+
+    schedule = ddim_lib.NoiseSchedule.linear(1000)
+
+    def model(x, t):
+        return x * (0.5 + t[:, None].double() / 2000).to(x.dtype)
+
+    x_T = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    tau = ddim_lib.timesteps(1000, 20)
+    ours = dpm_solver_pp_2m(model, x_T, schedule, tau)
+    theirs = sampling.dpm_diffusers_sample(model, x_T, sampling.dpm_scheduler(schedule, True), tau)
+    torch.testing.assert_close(theirs, ours, rtol=2e-5, atol=2e-5)
+    first_order = dpm_solver_pp_2m(model, x_T, schedule, tau, order=1)
+    assert (first_order - ours).abs().max() > 1e-3          # the test can tell the orders apart
+
+
+def test_dpm_parity_holds(tiny_unet):
+    _needs_diffusers()
+    out = sampling.dpm_parity(tiny_unet, ddim_lib.NoiseSchedule.linear(1000), S=10, batch=4)
+    assert out["ours_vs_diffusers"] <= out["tolerance"] == sampling.DPM_TOLERANCE * out["max_abs_x0"]
+    assert out["ours_vs_float64"] < 1e-5 * max(1.0, out["max_abs_x0"])     # ours: float32 round-off only
+
+
+@pytest.mark.parametrize("overrides", [dict(solver_order=1), dict(solver_type="heun")])
+def test_dpm_parity_detects_a_different_method(tiny_unet, monkeypatch, overrides):
+    """The check can fail: the first-order solver, or the "heun" form of the second-order term."""
+    _needs_diffusers()
+    configured = sampling.dpm_scheduler
+    monkeypatch.setattr(sampling, "dpm_scheduler",
+                        lambda schedule, alpha_bars_from_ours: configured(schedule, alpha_bars_from_ours, **overrides))
+    with pytest.raises(AssertionError, match="disagree beyond float32"):
+        sampling.dpm_parity(tiny_unet, ddim_lib.NoiseSchedule.linear(1000), S=10, batch=4)
+
+
+def test_table_prints_the_dpm_parity_line():
+    part = {"S": 20, "batch": 16, "ours_vs_diffusers": 4.6e-5, "tolerance": 3.3e-4, "ours_vs_float64": 4e-6,
+            "diffusers_vs_float64": 5e-5, "max_abs_x0": 1.65, "ours_vs_diffusers_own_alpha_bars": 1.9e-5}
+    text = run.table({"config": {"threads": 1}, "machine": {"load_average_at_start": None},
+                      "digits_model": "shipped", "gpu": "no GPU", "parts": {"dpm_parity": part}})
+    line = next(line for line in text.splitlines() if line.startswith("DPM-Solver++(2M) parity"))
+    assert "4.60e-05 <= 3.30e-04" in line
+    failed = run.table({"config": {"threads": 1}, "machine": {"load_average_at_start": None}, "digits_model": "x",
+                        "gpu": "no GPU", "parts": {"dpm_parity": {"error": "AssertionError: disagree"}}})
+    assert "DPM-Solver++(2M) parity with diffusers: FAILED" in failed
+
+
 def test_training_step_smoke():
     _needs_diffusers()
     out = run._training(run.BenchConfig(**run.QUICK), quick=True)
