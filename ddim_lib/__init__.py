@@ -10,10 +10,11 @@ from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, p
                       sigma_eta, sigma_hat, slerp)
 from .ode import (alpha_bar_from_sigma, euler_step_sigma, euler_step_sigma_sq, from_ve, heun_sample,
                   ode_nfe, ode_sample, sigma_from_alpha_bar, to_ve)
+from .prediction import PREDICTIONS, convert_prediction, from_eps_x0, to_eps_x0
 from .schedule import NoiseSchedule
 from .theory import (appendix_b_gamma, ddpm_gamma, ddpm_sigmas, eta_sigmas, kl_to_standard_normal,
                      theorem1_constant, theorem1_gamma)
-from .timesteps import official_quadratic_timesteps, timesteps
+from .timesteps import SPACINGS, official_quadratic_timesteps, timesteps
 from .toy import TOY2D_NAMES, GaussianMixture, OracleEps, toy2d
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "theorem1_constant", "kl_to_standard_normal", "GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES",
     "sigma_from_alpha_bar", "alpha_bar_from_sigma", "to_ve", "from_ve", "euler_step_sigma",
     "euler_step_sigma_sq", "ode_sample", "heun_sample", "ode_nfe",
+    "to_eps_x0", "from_eps_x0", "convert_prediction", "PREDICTIONS", "SPACINGS",
 ]
 
 # Training, models and evaluation pull in heavier modules: import them on first use.

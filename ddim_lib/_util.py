@@ -49,3 +49,35 @@ def check_admissible_sigma(sigma, a_prev, atol: float = 1e-12) -> None:
     if (excess > atol).any():
         raise ValueError("sigma is inadmissible: eq. 7 needs sigma^2 <= 1 - alpha_bar_prev, but "
                          f"sigma^2 exceeds it by up to {excess.max().item():.3g}")
+
+
+# ---- checks at the library's boundary (once per call, never per step) -------------------------
+def check_batched_float(x, name: str, finite: bool = False) -> None:
+    """x must be a floating-point tensor of shape (B, ...) with B >= 1, and finite if ``finite``."""
+    if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 1 or x.shape[0] < 1:
+        got = (f"dtype {x.dtype}, shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__)
+        raise ValueError(f"{name} must be a floating-point tensor of shape (B, ...) with B >= 1, got {got}")
+    if finite and not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite: it contains NaN or inf")
+
+
+def _model_name(model) -> str:
+    name = getattr(model, "__qualname__", None) or type(model).__name__
+    return name if isinstance(name, str) else type(model).__name__
+
+
+def check_model_output(out, x: torch.Tensor, model) -> None:
+    """The model's first output must be a tensor of x's shape (a broadcastable one would pass silently)."""
+    if not torch.is_tensor(out):
+        raise ValueError(f"the model {_model_name(model)} returned {type(out).__name__}, not a tensor")
+    if out.shape != x.shape:
+        raise ValueError(f"the model {_model_name(model)} returned shape {tuple(out.shape)} for an input of "
+                         f"shape {tuple(x.shape)}: its output must have the input's shape")
+
+
+def check_result_finite(x: torch.Tensor, model, where: str) -> None:
+    """After the loop (one check per call): a non-finite result from finite inputs comes from the model."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{where}: the result contains NaN or inf although the input was finite: the model "
+                         f"{_model_name(model)} returned non-finite values (or values so large that the "
+                         "steps overflowed)")

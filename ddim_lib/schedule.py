@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 __all__ = ["NoiseSchedule"]
@@ -20,9 +21,18 @@ def _check_betas(betas: torch.Tensor) -> None:
         raise ValueError("betas must have at least one element (T >= 1)")
     if not torch.isfinite(betas).all():
         raise ValueError("betas must be finite")
-    if not ((betas > 0) & (betas < 1)).all():
+    # beta_T = 1 is zero terminal SNR (alpha_bar_T = 0, Lin et al. 2023); anywhere else a beta of 1
+    # would zero every later alpha_bar and leave later steps undefined.
+    inner, last = betas[:-1], betas[-1]
+    if not ((inner > 0) & (inner < 1)).all() or not (0 < last <= 1):
         lo, hi = betas.min().item(), betas.max().item()
-        raise ValueError(f"every beta must lie in the open interval (0, 1), got min {lo}, max {hi}")
+        raise ValueError("every beta must lie in the open interval (0, 1), except the last, which may be 1 "
+                         f"(zero terminal SNR); got min {lo}, max {hi}")
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch dtype (e.g. torch.float64), got {dtype!r}")
 
 
 def _check_T(T: int) -> int:
@@ -35,10 +45,20 @@ class NoiseSchedule:
     """A variance schedule beta_1..beta_T with its derived quantities (shapes (T,)).
 
     ``alphas = 1 - betas``, ``alpha_bars = cumprod(alphas)`` (computed in float64, then cast).
+    Every beta lies in (0, 1), except beta_T, which may be 1: alpha_bar_T = 0, zero terminal SNR
+    (Lin et al. 2023; see ``rescale_zero_terminal_snr``). ``dtype`` must be a floating dtype.
     """
 
     def __init__(self, betas, dtype: torch.dtype | None = None):
-        betas = torch.as_tensor(betas)
+        _check_dtype(dtype)
+        # Python numbers and numpy arrays keep float64 (torch's float32 default would round them)
+        if not torch.is_tensor(betas):
+            try:
+                betas = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise ValueError(f"betas must be a 1-D sequence of real numbers, got {betas!r:.80}") from None
+        if betas.is_complex():
+            raise ValueError("betas must be real")
         if not betas.is_floating_point():
             betas = betas.to(torch.float64)
         dtype = dtype or betas.dtype
@@ -56,7 +76,8 @@ class NoiseSchedule:
                dtype: torch.dtype = torch.float64) -> "NoiseSchedule":
         """DDPM's schedule: beta_t linear from ``beta_start`` to ``beta_end`` over T steps."""
         T = _check_T(T)
-        if not (0 < beta_start < 1 and 0 < beta_end < 1):
+        _check_dtype(dtype)
+        if not (0 < beta_start < 1 and 0 < beta_end < 1):   # also false for NaN
             raise ValueError(f"beta_start and beta_end must lie in (0, 1), got {beta_start}, {beta_end}")
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), dtype=dtype)
 
@@ -68,7 +89,8 @@ class NoiseSchedule:
         beta_t = 1 - alpha_bar(t) / alpha_bar(t - 1), clipped at ``max_beta``.
         """
         T = _check_T(T)
-        if s < 0:
+        _check_dtype(dtype)
+        if not math.isfinite(s) or s < 0:
             raise ValueError(f"s must be non-negative, got {s}")
         if not 0 < max_beta < 1:
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
@@ -76,6 +98,28 @@ class NoiseSchedule:
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=max_beta)
         return cls(betas, dtype=dtype)
+
+    def rescale_zero_terminal_snr(self) -> "NoiseSchedule":
+        """The schedule rescaled to zero terminal SNR (Lin et al. 2023, "Common Diffusion Noise
+        Schedules and Sample Steps are Flawed", Algorithm 1), as a new NoiseSchedule.
+
+        With s_t = sqrt(abar_t): s'_t = (s_t - s_T) s_1 / (s_1 - s_T), so s'_T = 0 (abar_T = 0
+        exactly: beta_T = 1) and s'_1 = s_1 (the first step unchanged); then abar'_t = s'_t^2 and
+        beta'_t = 1 - abar'_t / abar'_{t-1}. Computed in float64; same dtype and device. Needs T >= 2.
+        diffusers' ``rescale_zero_terminal_snr`` (scheduling_ddim.py) implements the same formula.
+        """
+        if self.T < 2:
+            raise ValueError("rescaling to zero terminal SNR needs T >= 2 (with T = 1 the first step is the last)")
+        s = self.alpha_bars.detach().to("cpu", torch.float64).sqrt()
+        s_first, s_last = s[0].item(), s[-1].item()
+        s = (s - s_last) * (s_first / (s_first - s_last))
+        abar = s**2
+        abar[-1] = 0.0                      # exactly, not round-off away from it
+        alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+        new = NoiseSchedule(1 - alphas, dtype=self.dtype)
+        for name in ("betas", "alphas", "alpha_bars", "_alpha_bars_ext"):   # move without recomputing
+            setattr(new, name, getattr(new, name).to(self.device))
+        return new
 
     # ---- accessors ----------------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["timesteps", "official_quadratic_timesteps"]
+__all__ = ["timesteps", "official_quadratic_timesteps", "SPACINGS"]
 
 
 def _check_T_S(T: int, S: int) -> None:
@@ -27,6 +27,33 @@ def _uniform(T: int, S: int) -> list[int]:
         return list(range(0, T, T // S))
     # range(0, T, T // S) would give more than S steps here; floor(i T / S) gives exactly S distinct ones.
     return [(i * T) // S for i in range(S)]
+
+
+def _leading(T: int, S: int) -> list[int]:
+    """diffusers' "leading" spacing (DDIMScheduler.set_timesteps, steps_offset = 0): i * (T // S), i = 0..S-1.
+
+    Equal to "uniform" when S divides T; otherwise it stops short of T - T // S (T = 10, S = 4:
+    leading [0, 2, 4, 6], uniform [0, 2, 5, 7]).
+    """
+    return [i * (T // S) for i in range(S)]
+
+
+def _trailing(T: int, S: int) -> list[int]:
+    """diffusers' "trailing" spacing (Lin et al. 2023, Table 2): round(arange(T, 0, -T / S)) - 1, increasing.
+
+    The same float arithmetic as diffusers' DDIMScheduler.set_timesteps (numpy's arange, then round
+    half to even), so ties such as T (S - i) / S = k + 1/2 resolve as there. One difference: numpy's
+    arange counts its length in floats and returns S + 1 values for some (T, S) (T = 1000: S = 61,
+    103, ...; 62 of the 1000), the last about 0, which diffusers turns into a timestep -1; only the
+    first S values are kept here. Always visits T - 1; the smallest step is round(T / S) - 1 >= 0.
+    """
+    values = np.round(np.arange(T, 0, -T / S)[:S]).astype(np.int64) - 1
+    return sorted(int(v) for v in values)
+
+
+def _linspace(T: int, S: int) -> list[int]:
+    """diffusers' "linspace" spacing: round(linspace(0, T - 1, S)) (half to even). Visits 0 and T - 1."""
+    return [int(v) for v in np.round(np.linspace(0, T - 1, S))]
 
 
 def official_quadratic_timesteps(T: int, S: int) -> list[int]:
@@ -57,7 +84,7 @@ def _validate_sequence(T: int, seq: Sequence[int]) -> list[int]:
     try:
         arr = np.asarray(list(seq))
     except TypeError:
-        raise ValueError(f"spacing must be 'uniform', 'quadratic' or a sequence of ints, got {seq!r}") from None
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)} or a sequence of ints, got {seq!r}") from None
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError("a timestep sequence must be a non-empty 1-D sequence of integers")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -69,23 +96,35 @@ def _validate_sequence(T: int, seq: Sequence[int]) -> list[int]:
     return [int(v) for v in arr]
 
 
+SPACINGS = ("uniform", "quadratic", "leading", "trailing", "linspace")
+
+
 def timesteps(T: int, S: int | None = None, spacing: str | Sequence[int] = "uniform") -> list[int]:
     """The increasing subsequence tau of 0..T-1 with S steps.
 
-    ``spacing``: "uniform" (``range(0, T, T // S)`` when S divides T), "quadratic" (App. D.2,
-    strictly increasing), or an explicit increasing sequence (then S may be None or its length).
-    Examples (T = 1000, S = 10): uniform [0, 100, ..., 900]; quadratic [0, 9, 39, ..., 800].
-    Neither rule visits the last training step T - 1 (code 999): see the book, chapter 6.
+    ``spacing``: "uniform" (``range(0, T, T // S)`` when S divides T, else floor(i T / S)),
+    "quadratic" (App. D.2, strictly increasing), diffusers' DDIMScheduler spacings (Lin et al. 2023,
+    Table 2) "leading" (i * (T // S); equal to "uniform" exactly when S divides T), "trailing"
+    (round(T - i T / S) - 1: includes T - 1) and "linspace" (round(linspace(0, T - 1, S)): includes
+    0 and T - 1), or an explicit increasing sequence (then S may be None or its length).
+    Examples (T = 1000, S = 10): uniform and leading [0, 100, ..., 900]; quadratic [0, 9, 39, ...,
+    800]; trailing [99, 199, ..., 999]; linspace [0, 111, 222, ..., 999].
+    Neither "uniform" nor "leading" nor "quadratic" visits the last training step T - 1 (code 999):
+    see the book, chapter 6. Every result is checked: S distinct, increasing steps in 0..T-1.
     """
     if isinstance(spacing, str):
         if S is None:
             raise ValueError("S (the number of sampling steps) is required for a named spacing")
         _check_T_S(T, S)
-        if spacing == "uniform":
-            return _uniform(T, S)
-        if spacing == "quadratic":
-            return _quadratic(T, S)
-        raise ValueError(f"unknown spacing {spacing!r}: use 'uniform', 'quadratic' or a sequence")
+        T, S = int(T), int(S)
+        rules = {"uniform": _uniform, "quadratic": _quadratic, "leading": _leading,
+                 "trailing": _trailing, "linspace": _linspace}
+        if spacing not in rules:
+            raise ValueError(f"unknown spacing {spacing!r}: use one of {', '.join(SPACINGS)} or a sequence")
+        seq = rules[spacing](T, S)
+        if len(seq) != S:   # cannot happen for 1 <= S <= T; guards the rules above
+            raise ValueError(f"spacing {spacing!r} gave {len(seq)} steps for S = {S}")
+        return _validate_sequence(T, seq)
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
     seq = _validate_sequence(T, spacing)

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from .prediction import check_prediction
 from .schedule import NoiseSchedule
 
 __all__ = ["GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES"]
@@ -77,12 +78,21 @@ class OracleEps(nn.Module):
     """The exact eps*(x_t, t) = E[eps | x_t] = -sqrt(1 - abar_t) grad log q(x_t) for a mixture.
 
     Usable as a model: ``oracle(x, t)`` with x of shape (B, d) (or (B, ...) flattening to d) and
-    t a LongTensor (B,). Computed in float64 and returned in x's dtype.
+    t a LongTensor (B,). Computed in float64 and returned in x's dtype. ``prediction`` selects
+    the output (``ddim_lib.prediction``): "eps" (E[eps | x_t]), "x0" (E[x_0 | x_t], the posterior
+    mean) or "v" (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t]); each is the
+    minimiser of its squared-error training loss. All three are exact at abar = 0 too (zero terminal
+    SNR), where x_t = eps: eps* = x_t and x0* = E[x_0] = sum_k w_k mu_k.
     """
 
-    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule, prediction: str = "eps"):
         super().__init__()
+        if not isinstance(mixture, GaussianMixture):
+            raise ValueError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.mixture, self.schedule = mixture, schedule
+        self.prediction = check_prediction(prediction)
 
     def _component_terms(self, x: torch.Tensor, t: torch.Tensor):
         """Per-sample abar (B,), component posteriors r_k (B, K), noised variances (B, K, d)."""
@@ -96,19 +106,28 @@ class OracleEps(nn.Module):
         return a, torch.softmax(log_r, dim=1), diff, var_t
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """E[eps | x_t] = sum_k r_k(x_t) sqrt(1 - abar_t) (x_t - sqrt(abar_t) mu_k) / (abar_t s_k^2 + 1 - abar_t)."""
+        """The optimal output of type ``self.prediction`` at (x_t, t); for "eps":
+        E[eps | x_t] = sum_k r_k(x_t) sqrt(1 - abar_t) (x_t - sqrt(abar_t) mu_k) / (abar_t s_k^2 + 1 - abar_t)."""
         shape, flat = x.shape, x.reshape(x.shape[0], -1)
         a, r, diff, var_t = self._component_terms(flat, t)
-        eps = (1 - a).sqrt()[:, None] * (r[..., None] * diff / var_t).sum(1)
-        return eps.to(x.dtype).reshape(shape)
+        if self.prediction != "x0":
+            eps = (1 - a).sqrt()[:, None] * (r[..., None] * diff / var_t).sum(1)
+        if self.prediction != "eps":
+            x0 = self._x0(a, r, diff, var_t)
+        out = eps if self.prediction == "eps" else x0 if self.prediction == "x0" else \
+            a.sqrt()[:, None] * eps - (1 - a).sqrt()[:, None] * x0
+        return out.to(x.dtype).reshape(shape)
+
+    def _x0(self, a, r, diff, var_t) -> torch.Tensor:
+        s2 = (self.mixture.stds**2).to(diff.device)
+        x0_k = self.mixture.means.to(diff.device) + a.sqrt()[:, None, None] * s2 * diff / var_t
+        return (r[..., None] * x0_k).sum(1)
 
     def posterior_mean(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] from the component posteriors: sum_k r_k (mu_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) mu_k) / v_k)."""
         shape, flat = x.shape, x.reshape(x.shape[0], -1)
         a, r, diff, var_t = self._component_terms(flat, t)
-        s2 = (self.mixture.stds**2).to(x.device)
-        x0_k = self.mixture.means.to(x.device) + a.sqrt()[:, None, None] * s2 * diff / var_t
-        return (r[..., None] * x0_k).sum(1).to(x.dtype).reshape(shape)
+        return self._x0(a, r, diff, var_t).to(x.dtype).reshape(shape)
 
 
 # ---- 2-D toy data sets ---------------------------------------------------------------------------

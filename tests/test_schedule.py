@@ -80,7 +80,8 @@ def test_to_float32_keeps_values():
 
 @pytest.mark.parametrize("betas, message", [
     ([0.1, 0.0, 0.2], r"open interval \(0, 1\)"),
-    ([0.1, 1.0], r"open interval \(0, 1\)"),
+    ([1.0, 0.1], r"open interval \(0, 1\)"),          # beta = 1 only at the last step
+    ([0.1, 1.0, 0.2], r"open interval \(0, 1\)"),
     ([0.1, -0.01], r"open interval \(0, 1\)"),
     ([0.1, 1.5], r"open interval \(0, 1\)"),
     ([[0.1, 0.2], [0.1, 0.2]], r"1-D"),
@@ -128,3 +129,60 @@ def test_bad_cosine_parameters_raise():
 def test_alpha_bar_rejects_bad_timesteps(t, message):
     with pytest.raises(ValueError, match=message):
         NoiseSchedule.linear(10).alpha_bar(t)
+
+
+# ---- zero terminal SNR (Lin et al. 2023, Algorithm 1) ------------------------------------------------------
+def lin_algorithm1(betas: np.ndarray) -> np.ndarray:
+    """Algorithm 1 of Lin et al. (2023), written out independently in numpy (float64)."""
+    sqrt_abar = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sqrt_abar[0], sqrt_abar[-1]
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    abar = sqrt_abar**2
+    alphas = np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
+@pytest.mark.parametrize("schedule", [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000),
+                                      NoiseSchedule.linear(50, 1e-3, 0.25), NoiseSchedule.linear(2)])
+def test_rescale_zero_terminal_snr_is_algorithm1(schedule):
+    z = schedule.rescale_zero_terminal_snr()
+    assert z.alpha_bars[-1].item() == 0.0 and z.betas[-1].item() == 1.0 and z.snr(z.T - 1).item() == 0.0
+    assert math.isclose(z.alpha_bars[0].item(), schedule.alpha_bars[0].item(), rel_tol=1e-14)  # first unchanged
+    assert ((z.betas[:-1] > 0) & (z.betas[:-1] < 1)).all()
+    # beta = 1 - alpha cancels for beta ~ 1e-4: compare alphas in relative terms (a few ulps of 1 absolute on beta)
+    np.testing.assert_allclose(1 - z.betas.numpy(), 1 - lin_algorithm1(schedule.betas.numpy()), rtol=1e-13, atol=0)
+    # sqrt(abar) is an affine map of the old one: sqrt(abar') = (sqrt(abar) - s_T) s_1 / (s_1 - s_T)
+    s, s2 = schedule.alpha_bars.sqrt(), z.alpha_bars.sqrt()
+    torch.testing.assert_close(s2, (s - s[-1]) * s[0] / (s[0] - s[-1]), rtol=RTOL, atol=1e-15)
+    # the rescaled schedule is a fixed point, and dtype and T are kept
+    torch.testing.assert_close(z.rescale_zero_terminal_snr().alpha_bars, z.alpha_bars, rtol=0, atol=1e-15)
+    assert z.T == schedule.T and z.dtype == schedule.dtype
+    assert schedule.to(dtype=torch.float32).rescale_zero_terminal_snr().dtype == torch.float32
+
+
+def test_rescale_matches_diffusers_when_installed():
+    """diffusers' rescale_zero_terminal_snr (scheduling_ddim.py), the bench extra; skipped without it."""
+    ddim = pytest.importorskip("diffusers.schedulers.scheduling_ddim")
+    for schedule in (NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000)):
+        theirs = ddim.rescale_zero_terminal_snr(schedule.betas.clone())
+        torch.testing.assert_close(1 - schedule.rescale_zero_terminal_snr().betas, 1 - theirs, rtol=1e-13, atol=0)
+
+
+def test_last_beta_may_be_one_only():
+    s = NoiseSchedule([0.1, 0.5, 1.0])
+    assert s.alpha_bars[-1].item() == 0.0 and s.alpha_bar(1).item() == pytest.approx(0.45, rel=1e-15)
+    with pytest.raises(ValueError, match=r"except the last, which may be 1"):
+        NoiseSchedule([0.1, 1.0, 0.5])
+    with pytest.raises(ValueError, match="T >= 2"):
+        NoiseSchedule([0.5]).rescale_zero_terminal_snr()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex128, "float64"])
+def test_non_float_dtypes_are_refused(dtype):
+    """NoiseSchedule.linear(dtype=torch.int64) once gave all-zero betas; now every constructor refuses it."""
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
+        NoiseSchedule.linear(100, dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
+        NoiseSchedule.cosine(100, dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be a floating-point torch dtype"):
+        NoiseSchedule([0.1, 0.2], dtype=dtype)

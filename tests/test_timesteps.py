@@ -4,6 +4,9 @@ Everything here is integer arithmetic: every comparison is exact.
 """
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +121,76 @@ def test_bad_T_S_spacing_raise(T, S, spacing, message):
 def test_official_rule_validates_too():
     with pytest.raises(ValueError, match=r"S must lie in 1\.\.T"):
         official_quadratic_timesteps(1000, 0)
+
+
+# ---- diffusers' spacings (Lin et al. 2023, Table 2): leading, trailing, linspace --------------------------
+GRID = [(T, S) for T in (1, 2, 7, 10, 50, 1000) for S in range(1, T + 1) if T < 60 or S % 7 in (0, 1, 3)]
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_new_spacings_are_valid(spacing):
+    for T, S in GRID:
+        assert_valid(timesteps(T, S, spacing), T, S)
+
+
+def test_leading_is_i_times_T_div_S_and_uniform_when_S_divides_T():
+    for T, S in GRID:
+        seq = timesteps(T, S, "leading")
+        assert seq == [i * (T // S) for i in range(S)]
+        if T % S == 0:
+            assert seq == timesteps(T, S, "uniform")
+    assert timesteps(10, 4, "leading") == [0, 2, 4, 6] and timesteps(10, 4, "uniform") == [0, 2, 5, 7]
+
+
+def test_trailing_is_round_T_minus_i_T_over_S_minus_one():
+    """Exact rational value q_i = T (S - i) / S: tau = round(q_i) - 1, except that at an exact tie
+    (q_i = k + 1/2) float arithmetic may land on either neighbour; T - 1 is always visited."""
+    for T, S in GRID:
+        seq = sorted(timesteps(T, S, "trailing"), reverse=True)
+        assert seq[0] == T - 1
+        for i, t in enumerate(seq):
+            q = Fraction(T * (S - i), S)
+            if q - math.floor(q) == Fraction(1, 2):
+                assert t + 1 in (math.floor(q), math.ceil(q)), (T, S, i)
+            else:
+                assert t + 1 == round(q), (T, S, i)
+    assert timesteps(1000, 10, "trailing") == list(range(99, 1000, 100))
+
+
+def test_linspace_is_round_linspace():
+    for T, S in GRID:
+        seq = timesteps(T, S, "linspace")
+        assert seq[0] == 0 and seq[-1] == T - 1 if S > 1 else seq == [0]
+        step = Fraction(T - 1, S - 1) if S > 1 else 0
+        for i, t in enumerate(seq):
+            assert abs(t - i * step) <= Fraction(1, 2), (T, S, i)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_spacings_match_diffusers_ddim_scheduler(spacing):
+    """DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=0).set_timesteps(S),
+    reversed. numpy's arange returns S + 1 values for some (T, S) under "trailing" (62 of the
+    S = 1..1000 for T = 1000): diffusers then returns S + 1 timesteps ending at -1, we the first S.
+    Skipped when diffusers (the bench extra) is not installed."""
+    DDIMScheduler = pytest.importorskip("diffusers").DDIMScheduler
+    extra = []
+    for T in (1000, 50, 7):
+        sched = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=0)
+        for S in range(1, T + 1):
+            sched.set_timesteps(S)
+            theirs = sorted(sched.timesteps.tolist())
+            ours = timesteps(T, S, spacing)
+            if len(theirs) == S + 1 and spacing == "trailing":
+                assert theirs[0] == -1 and theirs[1:] == ours, (T, S)
+                extra.append((T, S))
+            else:
+                assert theirs == ours, (T, S)
+    if spacing == "trailing":
+        assert len([s for T, s in extra if T == 1000]) == 62 and (1000, 61) in extra
+    else:
+        assert extra == []
+
+
+def test_unknown_spacing_names_the_choices():
+    with pytest.raises(ValueError, match="uniform, quadratic, leading, trailing, linspace"):
+        timesteps(1000, 10, "Trailing")
