@@ -46,8 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "table1_digits"
 
 
-def plan(phases, n_small: int, n_1000: int):
-    """[(phase, chunk index, row, spacing, S)] in the order they run."""
+def plan(phases, n_small: int, n_1000: int, first_chunk: int = 0):
+    """[(phase, chunk index, row, spacing, S)] in the order they run (chunks from ``first_chunk`` on,
+    so that several processes can share a phase)."""
     jobs = []
     for phase in phases:
         if phase == "uniform":
@@ -60,7 +61,7 @@ def plan(phases, n_small: int, n_1000: int):
             raise SystemExit(f"unknown phase {phase!r}: use uniform, t1000, quadratic")
         if n % CHUNK:
             raise SystemExit(f"n = {n} must be a multiple of the chunk size {CHUNK}")
-        for c in range(n // CHUNK):
+        for c in range(first_chunk, n // CHUNK):
             for spacing, S in cols:
                 for row in (ROWS_1000 if S == 1000 else ROWS):
                     jobs.append((phase, c, row, spacing, S))
@@ -99,7 +100,7 @@ def generate(args) -> None:
                 "commit": git_commit(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "threads": args.threads, "torch": torch.__version__})
     runs.write_text(json.dumps(log, indent=1))
-    jobs = plan(args.phases.split(","), args.n, args.n_1000)
+    jobs = plan(args.phases.split(","), args.n, args.n_1000, args.first_chunk)
     for i, (phase, c, row, spacing, S) in enumerate(jobs):
         path = chunk_path(work, row, spacing, S, c)
         if path.exists():
@@ -123,6 +124,7 @@ def main(argv=None) -> None:
     g.add_argument("--n-1000", type=int, default=500, help="samples per cell at S = 1000")
     g.add_argument("--phases", default="uniform,t1000,quadratic")
     g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--first-chunk", type=int, default=0, help="start at this chunk (parallel runs)")
     g.add_argument("--work", default=str(DEFAULT_WORK), help="where raw samples go (never committed)")
     a = sub.add_parser("analyse")
     a.add_argument("--work", default=str(DEFAULT_WORK))
