@@ -164,8 +164,11 @@ def dpm_parity(model, schedule, S: int, batch: int, tolerance: float = DPM_TOLER
 
     tau = ddim_lib.timesteps(schedule.T, S)
     x_T = torch.randn(batch, *_shape(model), generator=torch.Generator().manual_seed(1))
-    reference = dpm_solver_pp_2m(copy.deepcopy(model).double(), x_T.double(), schedule.to(dtype=torch.float64), tau)
-    ours = dpm_solver_pp_2m(model, x_T, schedule, tau)
+    # diffusers' last step, tau_1 -> sigma = 0, is its only first-order one besides the first: ours
+    # with lower_order_final=False (ours also lowers tau_2 -> tau_1 by default; see its docstring)
+    reference = dpm_solver_pp_2m(copy.deepcopy(model).double(), x_T.double(), schedule.to(dtype=torch.float64), tau,
+                                 lower_order_final=False)
+    ours = dpm_solver_pp_2m(model, x_T, schedule, tau, lower_order_final=False)
     theirs = dpm_diffusers_sample(model, x_T, dpm_scheduler(schedule, alpha_bars_from_ours=True), tau)
     theirs_own = dpm_diffusers_sample(model, x_T, dpm_scheduler(schedule, alpha_bars_from_ours=False), tau)
     max_x0 = reference.abs().max().item()

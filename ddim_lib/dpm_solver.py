@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -33,10 +34,14 @@ import torch
 from ._util import as_float, check_alpha_bar, expand_to
 from .sampler import Trajectory, _as_tau, _progress
 from .schedule import NoiseSchedule
+from .toy import GaussianMixture
 
-__all__ = ["lambda_from_alpha_bar", "dpm_solver_pp_step", "dpm_solver_pp_2m"]
+__all__ = ["lambda_from_alpha_bar", "dpm_solver_pp_step", "dpm_solver_pp_2m", "logsnr_timesteps",
+           "mixture_ode_x0", "COMPARE_FILE"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# What scripts/dpm_compare.py ships (chapter 14): oracle and digits comparisons with DDIM-50.
+COMPARE_FILE = Path(__file__).resolve().parents[1] / "results" / "dpm_compare.json"
 
 
 # ---- the formulas -------------------------------------------------------------------------------
@@ -91,20 +96,23 @@ class _Step(NamedTuple):
     w_prev: float
 
 
-def _plan(schedule: NoiseSchedule, tau, order: int) -> list[_Step]:
+def _plan(schedule: NoiseSchedule, tau, order: int, lower_order_final: bool = True) -> list[_Step]:
     """Per-step coefficients of eq. 2 / 3, in float64 on the host (no device syncs in the loop)."""
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
         raise ValueError(f"order must be 1 (DDIM, eq. 2) or 2 (DPM-Solver++(2M), eq. 3), got {order!r}")
+    if not isinstance(lower_order_final, bool):
+        raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
     tau = _as_tau(schedule, tau)
     a = schedule.alpha_bars.double().cpu().tolist()
     abar = [a[t] for t in reversed(tau)] + [1.0]                    # tau_S, ..., tau_1, then abar(-1) = 1
     lam = [0.5 * (math.log(v) - math.log1p(-v)) if v < 1 else math.inf for v in abar]
-    steps = []
+    steps, last_ode_step = [], len(tau) - 2      # the step tau_2 -> tau_1 (then tau_1 -> alpha_bar = 1)
     for i, t in enumerate(reversed(tau)):
         h = lam[i + 1] - lam[i]
         sigma_t, alpha_s, sigma_s = math.sqrt(1 - abar[i]), math.sqrt(abar[i + 1]), math.sqrt(1 - abar[i + 1])
         w, w_prev = 1.0, 0.0
-        if order == 2 and i > 0 and math.isfinite(h):               # first step and last step: eq. 2
+        # eq. 2 on the first step, on the last (h = inf) and, with lower_order_final, on tau_2 -> tau_1
+        if order == 2 and i > 0 and math.isfinite(h) and not (lower_order_final and i == last_ode_step):
             r = (lam[i] - lam[i - 1]) / h
             w, w_prev = 1 + 1 / (2 * r), -1 / (2 * r)
         steps.append(_Step(t, math.sqrt(abar[i]), sigma_t, sigma_s / sigma_t, alpha_s * -math.expm1(-h), w, w_prev))
@@ -113,20 +121,25 @@ def _plan(schedule: NoiseSchedule, tau, order: int) -> list[_Step]:
 
 @torch.no_grad()
 def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Sequence[int] | int,
-                     order: int = 2, generator: torch.Generator | None = None, clip_x0: bool = False,
-                     return_trajectory: bool = False, progress: bool = False):
+                     order: int = 2, lower_order_final: bool = True, generator: torch.Generator | None = None,
+                     clip_x0: bool = False, return_trajectory: bool = False, progress: bool = False):
     """DPM-Solver++(2M) over the subsequence tau from x_T of shape (B, ...): one model call per step.
 
     Same conventions as ``sample``: ``tau`` increasing code indices or an int S (uniform spacing),
     steps [(tau_S, tau_{S-1}), ..., (tau_1, -1)], the last to alpha_bar = 1, where x = x0_theta. The
     first step is eq. 2 (no previous prediction yet), the middle ones eq. 3, and the last one eq. 2:
     at alpha_bar = 1, h = inf and r = 0, so eq. 3 has no limit (diffusers' scheduler does the same
-    with ``final_sigmas_type="zero"``, whatever ``lower_order_final`` says). ``order=1`` runs eq. 2
+    with ``final_sigmas_type="zero"``). ``lower_order_final`` (default True) also makes the step
+    tau_2 -> tau_1 first order: on grids uniform in t it is by far the longest in lambda (r ~ 0.2-0.3),
+    and eq. 3's extrapolation over it made the oracle error 2-4x worse than DDIM's at S <= 20 (book,
+    chapter 14); one first-order step keeps the global order 2. diffusers' default grids omit t = 0,
+    so its first-order last step is this same long step; ``lower_order_final=False`` with tau given
+    explicitly is what its scheduler computes. ``order=1`` runs eq. 2
     throughout, which is DDIM (eta = 0). ``generator`` is accepted for ``sample``'s signature and
     unused (deterministic). ``clip_x0`` clamps each x0_theta to [-1, 1]. Returns x_0, or a
     ``Trajectory`` (states x_T, ..., x_0 and the x0_theta's) when ``return_trajectory``.
     """
-    steps = _plan(schedule, tau, order)
+    steps = _plan(schedule, tau, order, lower_order_final)
     if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
         raise ValueError("x_T must be a floating-point tensor of shape (B, ...)")
     x, x0_prev = x_T, None
@@ -147,3 +160,53 @@ def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, t
             x0_preds.append(x0)
     return Trajectory(x, xs, x0_preds) if return_trajectory else x
 
+
+# ---- grids and the exact reference ------------------------------------------------------------
+def logsnr_timesteps(schedule: NoiseSchedule, S: int, t_start: int | None = None) -> list[int]:
+    """An increasing grid from 0 to ``t_start`` (default T - 1) with at most S code indices, uniform
+    in lambda: the nearest index to each of S equally spaced lambdas, repeats dropped (near t = 0 the
+    lambda spacing can be finer than one training step)."""
+    T = schedule.T
+    t_start = T - 1 if t_start is None else t_start
+    for name, v, lo, hi in (("S", S, 2, T), ("t_start", t_start, 1, T - 1)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+    lam = lambda_from_alpha_bar(schedule.alpha_bars[: t_start + 1].double().cpu())       # decreasing in t
+    targets = torch.linspace(lam[t_start].item(), lam[0].item(), S, dtype=torch.float64)
+    return sorted({int((lam - v).abs().argmin()) for v in targets.tolist()})
+
+
+def mixture_ode_x0(mixture: GaussianMixture, schedule: NoiseSchedule, x_T: torch.Tensor, t_start: int,
+                   tol: float = 1e-10) -> torch.Tensor:
+    """The exact end point of DDIM's ODE for a Gaussian mixture: eq. 14 solved from t_start to t = 0 in
+    (x_bar, s = sqrt((1 - abar) / abar)) with eps*(x_bar, s) = s sum_k r_k (x_bar - mu_k) / (s_k^2 + s^2)
+    (scipy's DOP853, rtol = atol = ``tol``), then the samplers' common last step to alpha_bar = 1,
+    x = x0*(x, 0). x_T of shape (B, d) in float64; returns (B, d). The reference of chapter 14."""
+    from scipy.integrate import solve_ivp
+
+    from .sampler import predict_x0
+    from .toy import OracleEps
+
+    if not torch.is_tensor(x_T) or x_T.dtype != torch.float64 or x_T.ndim != 2 or x_T.shape[1] != mixture.dim:
+        raise ValueError(f"x_T must be a float64 tensor of shape (B, {mixture.dim})")
+    if isinstance(t_start, bool) or not isinstance(t_start, numbers.Integral) or not 0 <= t_start < schedule.T:
+        raise ValueError(f"t_start must be an integer in 0..{schedule.T - 1}, got {t_start!r}")
+    a = schedule.alpha_bars.double().cpu()
+    s_from, s_to = (math.sqrt((1 - a[t].item()) / a[t].item()) for t in (t_start, 0))
+    var0, means, log_w = mixture.stds**2, mixture.means, mixture.weights.log()
+    shape = x_T.shape
+
+    def rhs(s, y):
+        x_bar = torch.from_numpy(y).reshape(shape)
+        var = var0 + s**2
+        diff = x_bar[:, None, :] - means
+        r = torch.softmax(log_w - 0.5 * (diff**2 / var + var.log()).sum(-1), dim=1)
+        return (s * (r[..., None] * diff / var).sum(1)).reshape(-1).numpy()
+
+    sol = solve_ivp(rhs, (s_from, s_to), (x_T / a[t_start].sqrt()).reshape(-1).numpy(), method="DOP853",
+                    rtol=tol, atol=tol)
+    if not sol.success:
+        raise RuntimeError(f"the reference ODE solver failed: {sol.message}")
+    x_0 = torch.from_numpy(sol.y[:, -1]).reshape(shape) * a[0].sqrt()       # x at t = 0
+    eps = OracleEps(mixture, schedule)(x_0, torch.zeros(shape[0], dtype=torch.long))
+    return predict_x0(x_0, eps, a[0].item())

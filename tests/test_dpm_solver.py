@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ddim_lib import GaussianMixture, NoiseSchedule, OracleEps, ddim_step, predict_x0, sample
-from ddim_lib.dpm_solver import dpm_solver_pp_2m, dpm_solver_pp_step, lambda_from_alpha_bar
+from ddim_lib.dpm_solver import (dpm_solver_pp_2m, dpm_solver_pp_step, lambda_from_alpha_bar, logsnr_timesteps,
+                                 mixture_ode_x0)
 
 F64 = dict(dtype=torch.float64)
 ROUND_OFF = dict(rtol=1e-10, atol=1e-10)
@@ -77,10 +78,11 @@ def test_order_one_is_ddim_on_random_schedules(betas, data):
 
 
 # ---- eq. 3 against an independent implementation ----------------------------------------------
-def _reference_2m(model, x_T: np.ndarray, betas: np.ndarray, tau: list[int]) -> np.ndarray:
+def _reference_2m(model, x_T: np.ndarray, betas: np.ndarray, tau: list[int], lower_order_final: bool) -> np.ndarray:
     """Lu et al. (2022), Algorithm 2, written from the paper in numpy: alpha_t, sigma_t, lambda_t,
     x_theta from eps; first step first order; multistep with r_i = h_{i-1} / h_i; the last step to
-    alpha = 1 first order (the update's limit there: x = x_theta)."""
+    alpha = 1 first order (the update's limit there: x = x_theta); with lower_order_final the step
+    before it (into tau_1) first order too."""
     abar = np.cumprod(1 - betas)
     ts = list(reversed(tau))
     alpha, sigma = np.sqrt(abar[ts]), np.sqrt(1 - abar[ts])
@@ -91,7 +93,7 @@ def _reference_2m(model, x_T: np.ndarray, betas: np.ndarray, tau: list[int]) -> 
         if i == len(ts) - 1:
             return x0
         h = lam[i + 1] - lam[i]
-        if prev is None:
+        if prev is None or (lower_order_final and i == len(ts) - 2):
             d = x0
         else:
             r = (lam[i] - lam[i - 1]) / h
@@ -106,25 +108,27 @@ def _linear_model(x, t):
     return (0.3 + t / 1500) * x + 0.1 * np.cos(t / 100)
 
 
+@pytest.mark.parametrize("lower_order_final", [True, False])
 @pytest.mark.parametrize("tau", [[0, 1], [0, 500], [0, 100, 300, 999], list(range(0, 1000, 50)), list(range(3, 990, 7))])
-def test_matches_independent_reference(schedule, tau):
+def test_matches_independent_reference(schedule, tau, lower_order_final):
     x_T = _x(16, 3, seed=5)
 
     def model(x, t):
         return torch.from_numpy(_linear_model(x.numpy(), t[0].item()))
 
-    ours = dpm_solver_pp_2m(model, x_T, schedule, tau)
-    ref = _reference_2m(lambda x, t: _linear_model(x, t), x_T.numpy(), schedule.betas.double().numpy(), tau)
+    ours = dpm_solver_pp_2m(model, x_T, schedule, tau, lower_order_final=lower_order_final)
+    ref = _reference_2m(lambda x, t: _linear_model(x, t), x_T.numpy(), schedule.betas.double().numpy(), tau,
+                        lower_order_final)
     torch.testing.assert_close(ours, torch.from_numpy(ref), **ROUND_OFF)
     # and it is not DDIM (the second-order term is present) once there are >= 2 ODE steps
-    if len(tau) > 2:
+    if len(tau) > 3 or (len(tau) == 3 and not lower_order_final):
         assert (ours - sample(model, x_T, schedule, tau)).abs().max() > 1e-4
 
 
 def test_step_function_composes_to_the_sampler(oracle, schedule):
     tau = [0, 40, 200, 450, 800, 999]
     x_T = _x(seed=6)
-    traj = dpm_solver_pp_2m(oracle, x_T, schedule, tau, return_trajectory=True)
+    traj = dpm_solver_pp_2m(oracle, x_T, schedule, tau, lower_order_final=False, return_trajectory=True)
     a = lambda t: schedule.alpha_bar(t).item()   # noqa: E731
     ts = list(reversed(tau)) + [-1]
     x, prev = x_T, None
@@ -164,7 +168,10 @@ def test_exact_when_x0_is_constant(schedule, order):
 # ---- orders, with the closed-form Gaussian flow -----------------------------------------------
 def test_global_orders_on_gaussian_data(schedule):
     """Global error of x_0 against the exact flow of N(m, s^2 I) data, grids {0, 960/n, ..., 960}:
-    slopes 1 (DDIM) and 2 (DPM-Solver++(2M)) over n = 40..320; a first-order 2M would fail [1.8, 2.2]."""
+    slopes 1 (DDIM) and 2 (Algorithm 2 as written, lower_order_final=False) over n = 40..320; a
+    first-order 2M would fail [1.8, 2.2]. The default (the step into t = 0 first order, a step whose
+    length in lambda shrinks only like log n on these grids) has no clean slope but a smaller error
+    at every n."""
     mean, std = torch.tensor([0.5, -1.0], **F64), 0.7
     oracle = OracleEps(GaussianMixture(mean[None], std), schedule)
     a = schedule.alpha_bars
@@ -173,12 +180,69 @@ def test_global_orders_on_gaussian_data(schedule):
     x_bar_0 = mean + (x_T / a[960].sqrt() - mean) * math.sqrt(std**2 + s_0**2) / math.sqrt(std**2 + s_T**2)
     ref = sample(oracle, x_bar_0 * a[0].sqrt(), schedule, [0])      # the common last step
     ns = np.array([40, 80, 160, 320])
-    errors = {order: [(dpm_solver_pp_2m(oracle, x_T, schedule, list(range(0, 961, 960 // n)), order=order) - ref)
-                      .norm(dim=1).mean().item() for n in ns] for order in (1, 2)}
-    slopes = {order: -np.polyfit(np.log(ns), np.log(e), 1)[0] for order, e in errors.items()}
+    variants = {1: dict(order=1), 2: dict(lower_order_final=False), "default": {}}
+    errors = {k: np.array([(dpm_solver_pp_2m(oracle, x_T, schedule, list(range(0, 961, 960 // n)), **kw) - ref)
+                           .norm(dim=1).mean().item() for n in ns]) for k, kw in variants.items()}
+    slopes = {k: -np.polyfit(np.log(ns), np.log(e), 1)[0] for k, e in errors.items()}
     assert 0.85 <= slopes[1] <= 1.15, slopes
     assert 1.8 <= slopes[2] <= 2.2, slopes
     assert errors[2][-1] < errors[1][-1] / 5
+    assert (errors["default"] < errors[2]).all()
+
+
+def test_lower_order_final_changes_only_the_step_into_tau_1(oracle, schedule):
+    tau = [0, 100, 300, 600, 999]
+    x_T = _x(seed=12)
+    on = dpm_solver_pp_2m(oracle, x_T, schedule, tau, return_trajectory=True)
+    off = dpm_solver_pp_2m(oracle, x_T, schedule, tau, lower_order_final=False, return_trajectory=True)
+    for i in range(len(tau) - 1):                                   # states down to tau_2 agree exactly
+        assert torch.equal(on.xs[i], off.xs[i])
+    assert (on.xs[-2] - off.xs[-2]).abs().max() > 1e-3              # x at tau_1 differs
+
+
+# ---- grids and the exact reference ------------------------------------------------------------
+@pytest.mark.parametrize("S", [2, 5, 10, 50])
+def test_logsnr_timesteps_are_uniform_in_lambda(schedule, S):
+    tau = logsnr_timesteps(schedule, S)
+    assert tau[0] == 0 and tau[-1] == 999 and len(tau) <= S and all(np.diff(tau) > 0)
+    lam = lambda_from_alpha_bar(schedule.alpha_bars.double()).numpy()
+    targets = np.linspace(lam[999], lam[0], S)
+    # each grid point is the index nearest to a target: within half a training step's lambda change
+    for t in tau[1:-1]:
+        v = targets[np.abs(targets - lam[t]).argmin()]
+        assert abs(lam[t] - v) <= max(abs(lam[t] - lam[t - 1]), abs(lam[t + 1] - lam[t]))
+    if S <= 10:
+        assert len(tau) == S          # no repeats yet at this S
+    assert logsnr_timesteps(schedule, 5, 500)[-1] == 500
+
+
+@pytest.mark.parametrize("kwargs", [dict(S=1), dict(S=1001), dict(S=5.0), dict(S=5, t_start=0), dict(S=5, t_start=1000)])
+def test_logsnr_timesteps_bad_input(schedule, kwargs):
+    with pytest.raises(ValueError, match="S|t_start"):
+        logsnr_timesteps(schedule, **kwargs)
+
+
+def test_mixture_ode_x0_is_the_gaussian_flow(schedule):
+    """For N(m, s^2 I) the flow of eq. 14 is m + (x_bar - m) sqrt(s^2 + sigma^2) / sqrt(s^2 + sigma_T^2)."""
+    mean, std = torch.tensor([0.5, -1.0], **F64), 0.7
+    mix = GaussianMixture(mean[None], std)
+    a = schedule.alpha_bars
+    x_T = _x(32, seed=13)
+    s_T, s_0 = (math.sqrt((1 - a[t].item()) / a[t].item()) for t in (700, 0))
+    x_bar_0 = mean + (x_T / a[700].sqrt() - mean) * math.sqrt(std**2 + s_0**2) / math.sqrt(std**2 + s_T**2)
+    expected = sample(OracleEps(mix, schedule), x_bar_0 * a[0].sqrt(), schedule, [0])
+    torch.testing.assert_close(mixture_ode_x0(mix, schedule, x_T, 700), expected, rtol=1e-8, atol=1e-8)
+
+
+def test_mixture_ode_x0_is_the_limit_of_the_solvers(oracle, schedule):
+    x_T = _x(32, seed=14)
+    ref = mixture_ode_x0(oracle.mixture, schedule, x_T, 999)
+    fine = dpm_solver_pp_2m(oracle, x_T, schedule, list(range(1000)), lower_order_final=False)
+    assert (fine - ref).norm(dim=1).mean() < 1e-3 < (sample(oracle, x_T, schedule, 20) - ref).norm(dim=1).mean()
+    with pytest.raises(ValueError, match="x_T"):
+        mixture_ode_x0(oracle.mixture, schedule, x_T.float(), 999)
+    with pytest.raises(ValueError, match="t_start"):
+        mixture_ode_x0(oracle.mixture, schedule, x_T, 1000)
 
 
 # ---- conventions -------------------------------------------------------------------------------
@@ -210,6 +274,7 @@ def test_runs_on_cuda(oracle, schedule):
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     (dict(order=3), "order"), (dict(order=True), "order"), (dict(order=2.0), "order"),
+    (dict(lower_order_final=1), "lower_order_final"),
     (dict(tau="ten"), "tau"), (dict(tau=[5, 3]), "increasing"), (dict(tau=[0, 1000]), "0..T-1"), (dict(tau=0), "S"),
 ])
 def test_bad_arguments(oracle, schedule, kwargs, match):
