@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "table1_digits"
 
 
-def plan(phases, n_small: int, n_1000: int, first_chunk: int = 0):
+def plan(phases, n_small: int, n_1000: int, first_chunk: int = 0, rows=None):
     """[(phase, chunk index, row, spacing, S)] in the order they run (chunks from ``first_chunk`` on,
     so that several processes can share a phase)."""
     jobs = []
@@ -64,6 +64,8 @@ def plan(phases, n_small: int, n_1000: int, first_chunk: int = 0):
         for c in range(first_chunk, n // CHUNK):
             for spacing, S in cols:
                 for row in (ROWS_1000 if S == 1000 else ROWS):
+                    if rows is not None and row not in rows:
+                        continue
                     jobs.append((phase, c, row, spacing, S))
     return jobs
 
@@ -100,7 +102,10 @@ def generate(args) -> None:
                 "commit": git_commit(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "threads": args.threads, "torch": torch.__version__})
     runs.write_text(json.dumps(log, indent=1))
-    jobs = plan(args.phases.split(","), args.n, args.n_1000, args.first_chunk)
+    rows = None if args.rows is None else args.rows.split(";")
+    if rows is not None and set(rows) - set(ROWS):
+        raise SystemExit(f"unknown rows {sorted(set(rows) - set(ROWS))}; rows: {'; '.join(ROWS)}")
+    jobs = plan(args.phases.split(","), args.n, args.n_1000, args.first_chunk, rows)
     for i, (phase, c, row, spacing, S) in enumerate(jobs):
         path = chunk_path(work, row, spacing, S, c)
         if path.exists():
@@ -125,6 +130,7 @@ def main(argv=None) -> None:
     g.add_argument("--phases", default="uniform,t1000,quadratic")
     g.add_argument("--threads", type=int, default=1)
     g.add_argument("--first-chunk", type=int, default=0, help="start at this chunk (parallel runs)")
+    g.add_argument("--rows", default=None, help="only these rows, separated by ';' (parallel runs)")
     g.add_argument("--work", default=str(DEFAULT_WORK), help="where raw samples go (never committed)")
     a = sub.add_parser("analyse")
     a.add_argument("--work", default=str(DEFAULT_WORK))
