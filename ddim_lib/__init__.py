@@ -5,6 +5,9 @@ Notation (paper -> code): the paper's alpha_t is DDPM's alpha-bar_t, ``alpha_bar
 the paper's t = 1..T, and alpha-bar at t = -1 is 1. Models predict eps: ``model(x, t)`` with x of
 shape (B, ...) and t a LongTensor of shape (B,).
 """
+from ._cli_interrupt import install as _install_cli_interrupt
+
+_install_cli_interrupt()          # the `ddim` command only: Ctrl-C during the torch import -> one line, 130
 from .forward import LinearGaussian, ddpm_posterior, q_mean_var, q_sample, q_sigma_forward, q_sigma_reverse
 from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, predict_x0, sample,
                       sigma_eta, sigma_hat, slerp)

@@ -73,8 +73,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"invalid device {device!r}: {exc}") from None
     if dev.type not in ("cpu", "cuda"):
-        hint = " (not available here)" if dev.type == "mps" and not _mps_available() else ""
-        raise ValueError(f"device {device!r}{hint} is not supported; use auto, cpu, cuda or cuda:N")
+        hint = " (and MPS is not available here)" if dev.type == "mps" and not _mps_available() else ""
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:N{hint}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
@@ -184,8 +184,8 @@ def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
     except BaseException as exc:
         _remove_tree(tmp)
         if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"could not write checkpoint step {step} into {out} "
-                                     f"({exc.strerror or exc}); the previous checkpoint is kept") from None
+            raise OSError(f"could not write checkpoint step {step} into {out} ({exc.strerror or exc}); "
+                          "nothing of it was kept, and the previous checkpoint is untouched") from None
         raise
     _fsync(out)
     for old in _step_dirs(out)[keep:]:               # superseded: the new one is whole
@@ -195,7 +195,10 @@ def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
 
 
 def _save_safetensors(state: dict, path: Path, *, step: int) -> None:
-    save_file(state, str(path), {"step": str(step)})
+    try:
+        save_file(state, str(path), {"step": str(step)})
+    except SafetensorError as exc:     # safetensors reports a failed write (e.g. disk full) this way
+        raise OSError(errno.EIO, f"writing {path.name} failed: {' '.join(str(exc).split())}") from None
 
 
 def _torch_save(state: dict, path: Path) -> None:

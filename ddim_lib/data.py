@@ -87,11 +87,51 @@ def _require_root(root, name: str, what: str, where: str) -> Path:
     return path
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batch format only: dicts, lists, bytes, str and numbers, plus the numpy
+    array reconstruction the batches use. Any other global (``os.system``, ``builtins.eval``, ...) is
+    refused, so a planted batch file cannot execute code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+                ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}   # bytes under protocol 2
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch holds only "
+                                     "dicts, lists, bytes and numpy arrays")
+
+
+def _load_cifar_batch(file: Path) -> np.ndarray:
+    """The (N, 3072) uint8 pixels of one CIFAR-10 python batch, read with the restricted unpickler."""
+    try:
+        with open(file, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as exc:  # a damaged, foreign or malicious file: say which one
+        raise ValueError(f"{file} is not a CIFAR-10 python batch ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(batch, dict) or b"data" not in batch:
+        raise ValueError(f"{file} is not a CIFAR-10 python batch (expected a dict with a b'data' entry)")
+    data = batch[b"data"]
+    if not isinstance(data, (np.ndarray, list)):
+        raise ValueError(f"{file}: b'data' must be an array, got {type(data).__name__}")
+    try:
+        pixels = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{file}: b'data' is not an array ({exc})") from None
+    if pixels.dtype != np.uint8 and not (np.issubdtype(pixels.dtype, np.integer) and pixels.size
+                                         and 0 <= pixels.min() and pixels.max() <= 255):
+        raise ValueError(f"{file}: expected uint8 pixels, got {pixels.dtype}")
+    return pixels.astype(np.uint8)
+
+
 def _cifar10(root, test: bool) -> torch.Tensor:
     """Read the official CIFAR-10 python batches (dicts pickled with Python 2; hence encoding="bytes").
 
-    ``pickle`` is used here only because it is the data set's official format, and only on files
-    in the user's own data folder.
+    Pickle is the data set's official format; the batches are read with a restricted unpickler that
+    accepts that format only (dicts, lists, bytes, numpy arrays) and refuses anything else.
     """
     names = ["test_batch"] if test else [f"data_batch_{i}" for i in range(1, 6)]
     what = f"cifar-10-batches-py/{{{','.join(names)}}}"
@@ -103,12 +143,7 @@ def _cifar10(root, test: bool) -> torch.Tensor:
                          f"download and unpack {CIFAR_URL}")
     arrays = []
     for b in names:
-        try:
-            with open(folder / b, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            pixels = np.asarray(batch[b"data"], dtype=np.uint8)
-        except Exception as exc:  # a damaged or foreign file: say which one
-            raise ValueError(f"{folder / b} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+        pixels = _load_cifar_batch(folder / b)
         if pixels.ndim != 2 or pixels.shape[1] != 3 * 32 * 32:
             raise ValueError(f"{folder / b}: expected data of shape (N, 3072), got {pixels.shape}")
         arrays.append(pixels.reshape(-1, 3, 32, 32))
@@ -131,8 +166,11 @@ def _image_folder(root, celeba: bool) -> torch.Tensor:
                 img = img.convert("RGB")
                 box = CELEBA_BOX if celeba and img.size == CELEBA_ALIGNED else _centre_square(*img.size)
                 out[i] = np.asarray(img.crop(box).resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))
-        except OSError as exc:
-            raise ValueError(f"cannot read image {file}: {exc}") from None
+        except Image.DecompressionBombError as exc:
+            raise ValueError(f"refused image {file}: {' '.join(str(exc).split())[:200]} (a decompression "
+                             "bomb? PIL's limit is Image.MAX_IMAGE_PIXELS)") from None
+        except (OSError, SyntaxError, ValueError) as exc:   # PIL reports some damaged files as SyntaxError
+            raise ValueError(f"cannot read image {file}: {' '.join(str(exc).split())[:200]}") from None
     return _to_unit_range(out.transpose(0, 3, 1, 2), 255.0)       # (N, 3, 64, 64)
 
 

@@ -149,7 +149,7 @@ def test_saving_is_atomic_and_leaves_no_temporary_files(saved, monkeypatch):
 
     real_save_file = ckpt.save_file
     monkeypatch.setattr(ckpt, "save_file", failing_save_file)
-    with pytest.raises(OSError, match="could not write checkpoint step 8 .*No space left.*previous checkpoint is kept"):
+    with pytest.raises(OSError, match="could not write checkpoint step 8 .*No space left.*previous checkpoint is untouched"):
         save(run, model, ema, optimizer, step=8)
     assert tree(run) == before and sorted(p.name for p in run.iterdir()) == [directory.name]  # no leftovers
     assert load_checkpoint(run)[2]["step"] == 7

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ddim_lib import encode, sample, timesteps
-from ddim_lib.checkpoint import load_checkpoint
+from ddim_lib.checkpoint import find_checkpoint, load_checkpoint
 from ddim_lib.cli import main
 from ddim_lib.evaluate import frechet_distance
 
@@ -71,8 +71,9 @@ def bad_inputs(tmp_path, toy):
     np.save(wrong, np.zeros((4, 3), np.float32))
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    (corrupt / "manifest.json").write_text((toy / "manifest.json").read_text())
-    (corrupt / "model.safetensors").write_bytes((toy / "model.safetensors").read_bytes()[:100])
+    folder = find_checkpoint(toy)
+    (corrupt / "manifest.json").write_text((folder / "manifest.json").read_text())
+    (corrupt / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
     ck = ["--checkpoint", toy]
     return [
         (["sample", "--checkpoint", tmp_path / "nowhere"], "does not exist"),
@@ -85,6 +86,10 @@ def bad_inputs(tmp_path, toy):
         (["sample", *ck, "--n", 0], "--n must be a positive"),
         (["sample", *ck, "--steps", 5000], "1..T"),
         (["sample", *ck, "--eta", -1], "eta"),
+        (["sample", *ck, "--eta", 1e300], "--eta"),
+        (["sample", *ck, "--seed", 2**64], "--seed"),
+        (["sample", *ck, "--device", "meta"], "not supported"),
+        (["train", "--config", "toy2d", "--model-overrides", '{"hidden": "x"}', "--out", tmp_path / "m"], "model options"),
         (["sample", *ck, "--device", "tpu9"], "device"),
         (["train", "--config", "imagenet", "--out", tmp_path / "t"], "unknown preset"),
         (["train", "--config", "cifar10", "--steps", 1, "--out", tmp_path / "c"], "data root"),
@@ -127,8 +132,9 @@ def test_bad_input_as_a_subprocess(tmp_path):
 # ---- train, then sample ------------------------------------------------------------------------------
 def test_train_records_the_command(toy_ckpt):
     out, argv = toy_ckpt
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((find_checkpoint(out) / "manifest.json").read_text())
     assert manifest["command"] == shlex.join(["ddim", *argv])
+    assert [leg["command"] for leg in manifest["legs"]] == [shlex.join(["ddim", *argv])]
     assert manifest["step"] == 30 and manifest["data"] == "two_moons"
 
 

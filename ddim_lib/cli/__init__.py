@@ -26,7 +26,7 @@ import torch
 
 from ..sampler import encode, sample, slerp
 from ..timesteps import timesteps
-from .files import check_shape, load_npy, out_path, save_npy, save_png
+from .files import check_shape, load_npy, out_path, save_npy, save_png, write_text
 from .options import (TRAIN_HELP, EncodeOptions, EvaluateOptions, InterpolateOptions, ModelSource,
                       ReconstructOptions, SampleOptions, Sampling, add_options, parse_options)
 
@@ -66,6 +66,40 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
+def _check_sampling(s: Sampling) -> Sampling:
+    """The sampler options every verb shares, checked before any model is loaded."""
+    _positive("steps", s.steps)
+    _positive("batch-size", s.batch_size)
+    if not math.isfinite(s.eta) or not 0 <= s.eta <= 1e6:
+        raise ValueError(f"--eta must be a finite number >= 0 (0 = DDIM, 1 = DDPM-like), got {s.eta}")
+    _check_seed(s.seed)
+    return s
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"--seed must lie in [0, 2^63), got {seed}")
+
+
+def _check_memory(what: str, count: int, shape: tuple, copies: int = 3) -> None:
+    """Refuse a float32 batch (count, *shape) that would not fit in this machine's memory."""
+    need = 4 * copies * count * math.prod(shape)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 2**40
+    if need > total:
+        raise ValueError(f"{what} = {count} is too large: about {need / 2**30:.3g} GiB for samples of shape "
+                         f"{tuple(shape)}, and this machine has {total / 2**30:.3g} GiB; use fewer")
+
+
+def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} produced non-finite values (NaN or inf): a diverged model, or inputs far "
+                         "outside the data's range?")
+    return x
+
+
 def _run_sampler(m: Loaded, x_T: torch.Tensor, s: Sampling, generator) -> torch.Tensor:
     tau = timesteps(m.schedule.T, s.steps, s.spacing)
     out = [sample(m.model, x, m.schedule, tau, eta=s.eta, variance=s.variance, generator=generator,
@@ -96,14 +130,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    src, s, o = parse_options(args, ModelSource), parse_options(args, Sampling), parse_options(args, SampleOptions)
+    src, s, o = parse_options(args, ModelSource), _check_sampling(parse_options(args, Sampling)), parse_options(args, SampleOptions)
     png = out_path(o.out, ".png")
+    _positive("n", o.n)
     m = _load_model(src)
+    _check_memory("--n", o.n, m.shape)
     g = _generator(m.device, s.seed)
-    x_T = torch.randn((_positive("n", o.n), *m.shape), generator=g, device=m.device)
-    x0 = _run_sampler(m, x_T, s, g)
-    if not torch.isfinite(x0).all():
-        raise ValueError("sampling produced non-finite values (a diverged or untrained model?)")
+    x_T = torch.randn((o.n, *m.shape), generator=g, device=m.device)
+    x0 = _finite(_run_sampler(m, x_T, s, g), "sampling")
     save_npy(png.with_suffix(".npy"), x0)
     title = f"{m.manifest['preset']} ({m.data}): S = {s.steps}, eta = {s.eta}, {s.spacing}"
     save_png(png, x0, title=title, reference=_reference_points(m, 2000) if x0.ndim == 2 else None)
@@ -115,28 +149,30 @@ def _data_points(m: Loaded, e: EncodeOptions, seed: int) -> torch.Tensor:
     if e.input is not None:
         return check_shape(load_npy(e.input, "input"), m.shape, "--input")[: _positive("n", e.n)]
     from ..data import load_dataset
+    _check_memory("--n", _positive("n", e.n), m.shape)
     return load_dataset(m.data, root=e.data_root, n=_positive("n", e.n), generator=torch.Generator().manual_seed(seed))
 
 
 def cmd_encode(args) -> int:
-    src, s, e = parse_options(args, ModelSource), parse_options(args, Sampling), parse_options(args, EncodeOptions)
+    src, s, e = parse_options(args, ModelSource), _check_sampling(parse_options(args, Sampling)), parse_options(args, EncodeOptions)
     out = out_path(e.out, ".npy")
     m = _load_model(src)
     x0 = _data_points(m, e, s.seed)
-    z = encode(m.model, x0.to(m.device), m.schedule, timesteps(m.schedule.T, s.steps, s.spacing)).cpu()
+    z = _finite(encode(m.model, x0.to(m.device), m.schedule, timesteps(m.schedule.T, s.steps, s.spacing)).cpu(),
+                "encoding")
     save_npy(out, z)
     print(f"wrote {out}: {len(z)} latents; mean {z.mean():.3f}, std {z.std():.3f} (N(0, I) would give 0, 1)")
     return 0
 
 
 def cmd_reconstruct(args) -> int:
-    src, s, e = parse_options(args, ModelSource), parse_options(args, Sampling), parse_options(args, ReconstructOptions)
+    src, s, e = parse_options(args, ModelSource), _check_sampling(parse_options(args, Sampling)), parse_options(args, ReconstructOptions)
     png = out_path(e.out, ".png")
     m = _load_model(src)
     x0 = _data_points(m, e, s.seed)
     tau = timesteps(m.schedule.T, s.steps, s.spacing)
-    z = encode(m.model, x0.to(m.device), m.schedule, tau)
-    recon = sample(m.model, z, m.schedule, tau, eta=0.0).cpu()
+    z = _finite(encode(m.model, x0.to(m.device), m.schedule, tau), "encoding")
+    recon = _finite(sample(m.model, z, m.schedule, tau, eta=0.0).cpu(), "decoding")
     mse = ((recon.double() - x0.double()) ** 2).mean().item()
     save_npy(png.with_suffix(".npy"), recon)
     if x0.ndim == 4:   # originals in the odd rows, reconstructions below them
@@ -152,12 +188,13 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_interpolate(args) -> int:
-    src, s, o = parse_options(args, ModelSource), parse_options(args, Sampling), parse_options(args, InterpolateOptions)
+    src, s, o = parse_options(args, ModelSource), _check_sampling(parse_options(args, Sampling)), parse_options(args, InterpolateOptions)
     png = out_path(o.out, ".png")
-    m = _load_model(src)
     rows, frames = _positive("rows", o.rows), _positive("frames", o.frames)
     if frames < 2:
         raise ValueError("--frames must be at least 2")
+    m = _load_model(src)
+    _check_memory("--rows x --frames", rows * frames, m.shape)
     if o.latents is not None:
         z = check_shape(load_npy(o.latents, "latents"), m.shape, "--latents")
         if len(z) < 2:
@@ -169,7 +206,7 @@ def cmd_interpolate(args) -> int:
     z0, z1 = z[0::2], z[1::2]
     lams = torch.linspace(0, 1, frames).tolist()
     path = torch.stack([slerp(z0, z1, lam) for lam in lams], 1)            # (rows, frames, ...)
-    decoded = _run_sampler(m, path.reshape(rows * frames, *m.shape), s, None)
+    decoded = _finite(_run_sampler(m, path.reshape(rows * frames, *m.shape), s, None), "decoding the interpolation")
     decoded = decoded.reshape(rows, frames, *m.shape)
     save_npy(png.with_suffix(".npy"), decoded)
     if decoded.ndim == 5:
@@ -186,8 +223,9 @@ def cmd_evaluate(args) -> int:
     from ..evaluate import frechet_distance, get_features
     from ..toy import TOY2D_NAMES
 
-    src, s, o = parse_options(args, ModelSource), parse_options(args, Sampling), parse_options(args, EvaluateOptions)
+    src, s, o = parse_options(args, ModelSource), _check_sampling(parse_options(args, Sampling)), parse_options(args, EvaluateOptions)
     n = _positive("n", o.n)
+    _check_memory("--n", 4 * n, (1,))                 # samples, two real halves, features: at least 4n values
     if o.samples is not None and (src.checkpoint or src.pretrained):
         raise ValueError("give either --samples FILE.npy or a model (--checkpoint/--pretrained), not both")
     m = None if o.samples is not None else _load_model(src)
@@ -224,8 +262,7 @@ def cmd_evaluate(args) -> int:
         results["fd"][name] = {"samples": fd, "reference": ref, "ratio": fd / ref if ref > 0 else None}
         print(f"  {name:>9}: samples {fd:.4g}   real halves {ref:.4g}   ratio {fd / ref:.3g}")
     if o.json:
-        Path(o.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(o.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_text(Path(o.json), json.dumps(results, indent=2) + "\n")
     return 0
 
 
@@ -255,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     train_p = sub.add_parser("train", help="train a model (options map onto ddim_lib.TrainConfig)",
-                             description="Train an eps-network on a preset; writes checkpoints to --out.")
+                             description="Train an eps-network on a preset; writes checkpoints to --out "
+                             "(--out/step-N/, each saved whole or not at all; one run per --out at a time). "
+                             "--resume continues the newest complete checkpoint with the same hyper-parameters "
+                             "(--allow-config-change to change them), exits 1 if it is already past --steps, "
+                             "and only says so if it is exactly at --steps.")
     train_p.set_defaults(func=cmd_train, train_parser=True)
     _add_train_options(train_p)
     verb("sample", cmd_sample, "sample with the generalised DDIM sampler (eq. 12); PNG + .npy",
@@ -294,15 +335,21 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SystemExit as exit_:          # --help (0) and argparse's usage errors (2)
         return exit_.code if isinstance(exit_.code, int) else 1
-    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; FileNotFoundError an OSError
-        if os.environ.get("DDIM_DEBUG"):
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"ddim: error: {message}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("ddim: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # CheckpointError is a ValueError; FileNotFoundError an OSError
+        if os.environ.get("DDIM_DEBUG"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+                isinstance(err, RuntimeError) and "memory" in message.lower()):
+            message = f"out of memory ({message[:200]}); ask for fewer samples or a smaller --batch-size"
+        elif not isinstance(err, (ValueError, OSError)):
+            message = (f"unexpected {type(err).__name__}: {message[:300]} (a bug: please report it; "
+                       "DDIM_DEBUG=1 shows the traceback)")
+        print(f"ddim: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +13,73 @@ def out_path(out: str, suffix: str) -> Path:
     path = Path(out)
     if path.suffix.lower() != suffix:
         raise ValueError(f"--out must name a {suffix} file, got {out}")
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a directory; name a {suffix} file")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def write_atomic(path: Path, write, suffix: str = ".tmp") -> None:
+    """Write ``path`` through ``write(temporary path)``: a ``mkstemp`` file in the same folder, moved
+    into place with ``os.replace``. Never writes through a symlink (a symlink at ``path`` is replaced
+    by the file, its target left untouched)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp's 0600 would make every output private
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_npy(path: Path, array: torch.Tensor) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array.numpy())
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array.numpy())
+    write_atomic(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    """``text`` into ``path`` atomically, never through a symlink."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_npy(path: str, name: str) -> torch.Tensor:
-    if not Path(path).is_file():
+    """A real-valued array (N, ...) from a .npy file as float32; one-line ValueError for anything else."""
+    file = Path(path)
+    if not file.is_file():
         raise FileNotFoundError(f"no {name} file at {path}")
+    with open(file, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise ValueError(f"--{name} {path} is not a .npy file (no NumPy header: a text or other file?); "
+                         "write it with numpy.save")
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable .npy array ({str(err).splitlines()[0]})") from None
-    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+        array = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"--{name} {path} is not a readable .npy array ({str(err).splitlines()[0]})") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"--{name} {path} holds {array.dtype} values; expected floating-point data "
+                         "(images scaled to [-1, 1], points or latents as floats)")
+    if array.ndim < 2 or array.shape[0] == 0:
+        raise ValueError(f"--{name} {path} must hold a batch (N, ...) with N >= 1, got shape {array.shape}")
+    x = torch.from_numpy(np.asarray(array, dtype=np.float32))
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"--{name} {path} holds {bad} non-finite value(s) (NaN or inf)")
+    return x
 
 
 def check_shape(x: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
@@ -59,7 +108,10 @@ def image_grid(x: torch.Tensor, ncol: int | None = None, min_cell: int = 32) -> 
 def save_png(path: Path, x: torch.Tensor, ncol: int | None = None, title: str = "",
               reference: torch.Tensor | None = None, paths: bool = False) -> None:
     """Images as a grid; 2-D points as a scatter plot (over ``reference`` points in grey)."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
+    write_atomic(path, lambda tmp: _draw(tmp, x, ncol, title, reference, paths), suffix=".png")
+
+
+def _draw(tmp: str, x: torch.Tensor, ncol, title, reference, paths) -> None:
     if x.ndim == 4:
         from PIL import Image
         Image.fromarray(image_grid(x, ncol)).save(tmp)
@@ -82,4 +134,3 @@ def save_png(path: Path, x: torch.Tensor, ncol: int | None = None, title: str = 
         plt.close(fig)
     else:
         raise ValueError(f"cannot draw samples of shape {tuple(x.shape)} (images or 2-D points only)")
-    os.replace(tmp, path)

@@ -71,7 +71,8 @@ class EvaluateOptions:
     data_root: str | None = opt(None, "folder of the data set (cifar10, celeba)")
     features: str = opt("auto", "comma-separated: pixel, digits, inception (auto: pixel, plus digits "
                         "for the digits data)")
-    inception: str | None = opt(None, "local TorchScript Inception file (e.g. inception-2015-12-05.pt)")
+    inception: str | None = opt(None, "local TorchScript Inception file (e.g. inception-2015-12-05.pt). "
+                                "TRUST: loading a TorchScript file runs code from it; use only files you trust")
     json: str | None = opt(None, "also write the results to this JSON file")
 
 
@@ -81,7 +82,9 @@ TRAIN_HELP = {
     "device": "auto, cpu, cuda, ...", "batch_size": "batch size (default: the preset's)",
     "lr": "Adam learning rate (default: the preset's)", "ema_decay": "EMA decay (default: the preset's)",
     "warmup": "learning-rate warm-up steps (default: the preset's)", "seed": "random seed",
-    "data_root": "folder of the data set (cifar10, celeba)",
+    "data_root": "folder of the data set (cifar10, celeba). CIFAR-10 batches are Python pickles, which "
+                 "can carry code: they are read with a restricted unpickler that accepts only the official "
+                 "format (dicts, lists, bytes, numpy arrays) and refuses anything else",
     "data": "override the preset's data set (e.g. two_moons for toy2d)",
     "log_every": "log every this many steps", "ckpt_every": "save a checkpoint every this many steps",
     "progress": "show a progress bar", "bf16": "bfloat16 autocast (CUDA only)",
@@ -90,6 +93,8 @@ TRAIN_HELP = {
     "n_data": "train on a random subset of this many samples (default: all)",
     "model_overrides": "architecture options as JSON, e.g. '{\"ch\": 64}'",
     "command": "command line recorded in the manifest (default: this one)",
+    "allow_config_change": "with --resume: accept a changed learning rate, EMA decay, warm-up, clipping, batch "
+                           "size, seed or data (refused otherwise); every leg is kept in the manifest",
 }
 
 

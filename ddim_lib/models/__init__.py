@@ -24,8 +24,11 @@ def get_preset(name: str) -> Preset:
 def build_model(preset: str, **overrides) -> nn.Module:
     """A freshly initialised eps-network for ``preset``; ``overrides`` replace architecture arguments.
 
-    Example: ``build_model("digits", ch=64)``. Unknown override names raise ValueError.
+    Example: ``build_model("digits", ch=64)``. Unknown override names, and values the architecture
+    cannot be built with (wrong types, negative sizes...), raise ValueError naming the options.
     """
+    if not isinstance(preset, str):
+        raise ValueError(f"the preset must be a name such as 'digits', got {preset!r}")
     p = get_preset(preset)
     arch = _ARCHS[p.arch]
     kwargs = {**p.model, **overrides}
@@ -33,4 +36,9 @@ def build_model(preset: str, **overrides) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown model option(s) {sorted(unknown)} for preset {preset!r} "
                          f"({arch.__name__} takes {', '.join(p.model)})")
-    return arch(**kwargs)
+    try:
+        return arch(**kwargs)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError, KeyError, AttributeError) as exc:
+        message = " ".join(str(exc).split())[:200]
+        raise ValueError(f"model options {overrides} do not build the {arch.__name__} of preset {preset!r} "
+                         f"({type(exc).__name__}: {message})") from None
