@@ -9,12 +9,15 @@ whose mean square under a Gaussian mixture has a closed form (``RandomFeatureFie
 The divergence is the squared maximum mean discrepancy to the *exact* law, with the Gaussian
 kernel's expectations over the mixture in closed form (``mmd2``), a delete-a-group jackknife for
 standard errors, and ``eta_trend`` / ``detectable_effect`` for a trend test in eta with its power.
-``knn_precision`` is the k-NN manifold precision (Kynkaanniemi et al. 2019) used on decoded samples.
+``plausibility`` scores decoded digits (classifier confidence, nearest-neighbour distance, k-NN
+precision indicator) with ``ddim_lib.metrics``.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -25,9 +28,65 @@ from .sampler import sample
 from .schedule import NoiseSchedule
 from .toy import GaussianMixture, OracleEps
 
-__all__ = ["RandomFeatureField", "DialledEps", "table1_laws", "bandwidth", "GRID_SAMPLERS",
+__all__ = ["GRID_FILE", "load_grid", "INTERP_FILE", "load_interpolation", "paired_difference", "flip", "RandomFeatureField", "DialledEps", "table1_laws", "bandwidth", "GRID_SAMPLERS",
            "grid_chunks", "grid_key", "grid_samples", "per_t_error", "kernel_mean", "kernel_self", "mmd2",
-           "jackknife_se", "eta_trend", "detectable_effect", "fingerprint", "knn_precision", "seed_for"]
+           "jackknife_se", "eta_trend", "detectable_effect", "fingerprint", "interpolation_latents", "plausibility", "seed_for"]
+
+
+GRID_FILE = Path(__file__).resolve().parents[1] / "results" / "dial_grid.json"
+
+
+def load_grid(path: str | Path = GRID_FILE) -> dict:
+    """The shipped controlled grid of ``scripts/dial_grid.py``: {"manifest", "cells", "unet_error"}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no results file {path.name}: run scripts/dial_grid.py")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "cells" not in data or "manifest" not in data:
+        raise ValueError(f"{path.name} is not a dial grid (no cells or manifest)")
+    return data
+
+
+INTERP_FILE = Path(__file__).resolve().parents[1] / "results" / "dial_interp.json"
+
+
+def load_interpolation(path: str | Path = INTERP_FILE) -> dict:
+    """The shipped interpolation scores of ``scripts/dial_interp.py``: {"manifest", "scores"}, where
+    scores[kind][measure] is a list (lambdas) of lists (pairs), kind "slerp" or "lerp"."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no results file {path.name}: run scripts/dial_interp.py")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "scores" not in data or "manifest" not in data:
+        raise ValueError(f"{path.name} is not an interpolation result (no scores or manifest)")
+    return data
+
+
+def paired_difference(cell_a: dict, cell_b: dict) -> tuple[float, float]:
+    """value(a) - value(b) for two grid cells on the same latents and groups, and its jackknife s.e."""
+    if len(cell_a["left_out"]) != len(cell_b["left_out"]) or cell_a["n"] != cell_b["n"]:
+        raise ValueError("cells are not paired: different n or jackknife groups")
+    diff = torch.tensor(cell_a["left_out"], dtype=torch.float64) - torch.tensor(cell_b["left_out"], dtype=torch.float64)
+    return cell_a["value"] - cell_b["value"], jackknife_se(diff)
+
+
+def flip(cells: dict, law: str, S: int, z_crit: float = 2.50) -> dict:
+    """Where the ordering of eta = 0 and eta = 1 flips with c in a grid's cells, for one law and S.
+
+    z(c) = (MMD^2(eta = 1) - MMD^2(eta = 0)) / s.e. (paired). Returns {"z": {c: z}, "wins": the c with
+    z > z_crit (DDIM resolved better), "loses": the c with z < -z_crit, "c_win": max(wins) or None,
+    "c_lose": min(loses) or None}.
+    """
+    z = {}
+    for c in sorted({cell["c"] for cell in cells.values()}):
+        a, b = cells.get(grid_key(law, c, S, "eta = 1.0")), cells.get(grid_key(law, c, S, "eta = 0.0"))
+        if a is not None and b is not None:
+            diff, se = paired_difference(a, b)
+            z[c] = diff / se
+    wins = [c for c in z if z[c] > z_crit]
+    loses = [c for c in z if z[c] < -z_crit]
+    return {"z": z, "wins": wins, "loses": loses, "c_win": max(wins, default=None),
+            "c_lose": min(loses, default=None)}
 
 
 # ---- the error field ---------------------------------------------------------------------------
@@ -293,15 +352,41 @@ def seed_for(*parts) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-def knn_precision(real: np.ndarray, fake: np.ndarray, k: int = 3) -> np.ndarray:
-    """Per-sample k-NN precision (Kynkaanniemi et al. 2019): is each fake row inside the ball of some
-    real row whose radius is that row's distance to its k-th nearest real neighbour? Returns (N_fake,) bools."""
-    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"real and fake must be (N, k) with the same k, got {real.shape} and {fake.shape}")
-    if not 1 <= k < real.shape[0]:
-        raise ValueError(f"k must be in [1, {real.shape[0] - 1}], got {k}")
-    rr = torch.cdist(torch.as_tensor(real), torch.as_tensor(real))
-    radius = rr.kthvalue(k + 1, dim=1).values                                # k+1: the row itself is 0
-    fr = torch.cdist(torch.as_tensor(fake), torch.as_tensor(real))
-    return (fr <= radius[None]).any(1).numpy()
+def interpolation_latents(pairs: int, lambdas, seed: int = 2, dim: int = 64) -> dict[str, torch.Tensor]:
+    """Latent paths for chapter 10's interpolation: z0, z1 ~ N(0, I_dim) (float64, ``seed``), and
+    {"slerp": (L, pairs, dim), "lerp": (L, pairs, dim)} at the L values of ``lambdas``."""
+    from .sampler import slerp
+
+    if pairs < 1:
+        raise ValueError(f"pairs must be positive, got {pairs}")
+    z0, z1 = torch.randn(2, pairs, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lams = torch.as_tensor(lambdas, dtype=torch.float64)
+    return {"slerp": torch.stack([slerp(z0, z1, lam) for lam in lams]),
+            "lerp": torch.stack([(1 - lam) * z0 + lam * z1 for lam in lams])}
+
+
+def plausibility(images: torch.Tensor, real: torch.Tensor, features=None, k: int = 3) -> dict[str, np.ndarray]:
+    """Per-image plausibility of digit images (N, 1, 8, 8) against real digits (M, 1, 8, 8), clamped to [-1, 1]:
+
+    * "confidence": the shipped digits classifier's largest class probability;
+    * "nn": RMS pixel distance to the nearest real digit (``metrics.nearest_neighbour_distances``);
+    * "inside": inside the k-NN manifold of the real digits' classifier features (the per-sample
+      indicator whose mean is Kynkaanniemi et al.'s precision; ``metrics.knn_radii``).
+
+    ``features``: a ``DigitsFeatures`` (loaded if None). Returns float64 arrays (N,).
+    """
+    from .evaluate import DigitsFeatures
+    from .metrics import knn_radii, nearest_neighbour_distances
+
+    if images.ndim != 4 or images.shape[1:] != (1, 8, 8) or real.ndim != 4 or real.shape[1:] != (1, 8, 8):
+        raise ValueError(f"images and real must have shape (N, 1, 8, 8), got {tuple(images.shape)} and {tuple(real.shape)}")
+    features = DigitsFeatures() if features is None else features
+    x = images.detach().to(torch.float32).clamp(-1, 1)
+    with torch.no_grad():
+        probs = torch.softmax(features.classifier(x.reshape(len(x), 64)), dim=1)
+    real_feats = features(real)
+    inside = (torch.cdist(torch.as_tensor(features(x)), torch.as_tensor(real_feats))
+              <= torch.as_tensor(knn_radii(real_feats, k))[None]).any(1)
+    return {"confidence": probs.max(1).values.double().numpy(),
+            "nn": nearest_neighbour_distances(x.double(), real.double()),
+            "inside": inside.double().numpy()}

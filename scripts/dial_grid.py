@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,23 +66,49 @@ def source_hash() -> str:
     return h.hexdigest()[:16]
 
 
+def merge(out: Path, others: list[Path]):
+    """Fold the cells of other results files into ``out`` (cells already there win); sum CPU seconds."""
+    data = json.loads(out.read_text())
+    for other in others:
+        extra = json.loads(other.read_text())
+        for k, cell in extra["cells"].items():
+            data["cells"].setdefault(k, cell)
+        m, e = data["manifest"], extra["manifest"]
+        m["cpu_seconds"] += e.get("cpu_seconds", 0.0)
+        m["commands"] = sorted(set(m.get("commands", []) + e.get("commands", [])))
+        m.setdefault("commits", sorted({m.get("commit", "")}))
+        m["commits"] = sorted(set(m["commits"]) | {e.get("commit", "")})
+    out.write_text(json.dumps(data, indent=1))
+    print(f"{len(data['cells'])} cells in {out.name}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/dial_grid.json")
     parser.add_argument("--c", type=float, nargs="*", default=list(C_VALUES))
+    parser.add_argument("--chunks", type=int, default=None,
+                        help="chunks per cell for S <= 100 (default: grid_chunks(S); chunk k is the same whatever the count)")
+    parser.add_argument("--chunks-1000", type=int, default=None, help="chunks per cell for S = 1000")
+    parser.add_argument("--no-unet", action="store_true", help="skip the digits UNet's per-t error")
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="fold finished results files (run in parallel with other --c) into --out, then stop")
     args = parser.parse_args()
+    if args.merge:
+        merge(Path(args.out), [Path(f) for f in args.merge])
+        return
     torch.set_num_threads(1)
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
     cells = data.setdefault("cells", {})
     manifest = data.setdefault("manifest", {})
     manifest.update({
-        "command": "OMP_NUM_THREADS=1 nice -n 10 python scripts/dial_grid.py --out results/dial_grid.json",
+        "commands": sorted(set(manifest.get("commands", []) + [
+            "OMP_NUM_THREADS=1 nice -n 10 python scripts/dial_grid.py " + " ".join(sys.argv[1:])])),
         "commit": git_commit(), "source_sha256_16": source_hash(), "machine": machine(),
         "seeds": "x_T: seed_for('xT', law, S, chunk); sampler noise: seed_for('noise', law, S, chunk) "
                  "(ddim_lib.dial.seed_for); the same for every c and sampler",
-        "n": {str(S): chunk_plan(S)[0] * chunk_plan(S)[1] for S in STEPS + (1000,)},
-        "chunks": {str(S): list(chunk_plan(S)) for S in STEPS + (1000,)},
+        "chunk_size": {str(S): chunk_plan(S)[0] for S in STEPS + (1000,)},
+        "n": "per cell (cells[...]['n']); the jackknife groups are the chunks",
         "field": "RandomFeatureField(d, n_features=128, length_scale=1.0, seed=0)",
         "bandwidth": "0.1 * sqrt(2 d)", "schedule": "linear, T = 1000", "spacing": "uniform",
         "kernel_std": KERNEL_STD,
@@ -102,8 +129,9 @@ def main():
                 todo = [s for s in SAMPLERS if key(name, c, S, s) not in cells]
                 for sampler in todo:
                     start, wall = time.process_time(), time.perf_counter()
-                    x = run_cell(model, name, mixture, schedule, S, sampler)
-                    value, left_out, within = mmd2(x, mixture, ell, groups=chunk_plan(S)[1])
+                    chunks = (args.chunks_1000 if S == 1000 else args.chunks) or chunk_plan(S)[1]
+                    x = run_cell(model, name, mixture, schedule, S, sampler, chunks=chunks)
+                    value, left_out, within = mmd2(x, mixture, ell, groups=chunks)
                     cpu = time.process_time() - start
                     cells[key(name, c, S, sampler)] = {
                         "law": name, "c": c, "S": S, "sampler": sampler, "n": x.shape[0], "value": value,
@@ -114,7 +142,7 @@ def main():
                           f"{time.perf_counter() - wall:.0f} s wall)", flush=True)
                 if todo:
                     save()
-    if "unet_error" not in data:
+    if "unet_error" not in data and not args.no_unet:
         start = time.process_time()
         digits = dl.load_dataset("digits")
         unet, unet_schedule = dl.load_pretrained("digits")

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import ddim_lib as dl
-from ddim_lib.dial import (GRID_SAMPLERS, DialledEps, RandomFeatureField, bandwidth, detectable_effect, eta_trend,
+from ddim_lib.dial import (GRID_SAMPLERS, flip, interpolation_latents, load_grid, load_interpolation, paired_difference, DialledEps, RandomFeatureField, bandwidth, detectable_effect, eta_trend,
                            fingerprint, grid_chunks, grid_key, grid_samples, jackknife_se, kernel_mean, kernel_self,
-                           knn_precision, mmd2, per_t_error, seed_for, table1_laws)
+                           mmd2, plausibility, per_t_error, seed_for, table1_laws)
 
 SCHEDULE = dl.NoiseSchedule.linear(T=1000)
 
@@ -127,15 +127,60 @@ def test_seed_for_is_a_stable_hash():
     assert seed_for("xT", "ring", 10, 1) != expected
 
 
-def test_knn_precision():
-    g = np.random.default_rng(0)
-    real = g.normal(size=(300, 4))
-    assert knn_precision(real, real, k=3).all()
-    assert not knn_precision(real, real + 100.0, k=3).any()
-    inside = knn_precision(real, g.normal(size=(2000, 4)), k=3).mean()
-    assert 0.5 < inside < 1.0
-    with pytest.raises(ValueError, match="k must"):
-        knn_precision(real, real, k=300)
+def test_plausibility_of_real_and_noise_images():
+    digits = dl.load_dataset("digits")
+    real, held = digits[:1500], digits[1500:1600]
+    noise = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    p_real, p_noise = plausibility(held, real), plausibility(noise, real)
+    assert set(p_real) == {"confidence", "nn", "inside"} and all(v.shape == (100,) for v in p_real.values())
+    assert p_real["confidence"].mean() > 0.9 and p_real["inside"].mean() > 0.7
+    assert p_noise["nn"].min() > p_real["nn"].max() * 0.9 and p_noise["inside"].mean() < 0.2
+    # A real digit scored against a set that contains it: distance 0, inside.
+    p_self = plausibility(real[:5], real)
+    np.testing.assert_allclose(p_self["nn"], 0, atol=1e-7)
+    assert p_self["inside"].all()
+    with pytest.raises(ValueError, match="shape"):
+        plausibility(noise.reshape(100, 64), real)
+
+
+def _cell(value, left_out, n=100):
+    return {"value": value, "left_out": list(left_out), "n": n}
+
+
+def test_paired_difference_and_flip():
+    a, b = _cell(2.0, [2.1, 1.9, 2.0, 2.0]), _cell(1.0, [1.1, 0.9, 1.0, 1.0])
+    diff, se = paired_difference(a, b)
+    assert diff == 1.0 and se == pytest.approx(0.0, abs=1e-12)          # a common shift cancels
+    with pytest.raises(ValueError, match="paired"):
+        paired_difference(a, _cell(1.0, [1.0, 1.0]))
+    # eta = 1 minus eta = 0: +5 s.e. at c = 0, +1 at 0.01 (unresolved), -4 at 0.1 and -9 at 1.
+    cells = {}
+    for c, z in ((0.0, 5.0), (0.01, 1.0), (0.1, -4.0), (1.0, -9.0)):
+        left0 = np.array([0.0, 0.0, 0.0, 0.0])
+        step = np.array([1.0, -1.0, 0.0, 0.0])                          # jackknife s.e. of the difference: sqrt(3/4 * 2) = sqrt(1.5)
+        se = math.sqrt(1.5)
+        cells[grid_key("ring", c, 10, "eta = 0.0")] = _cell(0.0, left0) | {"c": c}
+        cells[grid_key("ring", c, 10, "eta = 1.0")] = _cell(z * se, left0 + step) | {"c": c}
+    f = flip(cells, "ring", 10)
+    assert f["wins"] == [0.0] and f["loses"] == [0.1, 1.0] and f["c_win"] == 0.0 and f["c_lose"] == 0.1
+    assert f["z"][0.01] == pytest.approx(1.0)
+    assert flip(cells, "cube", 10)["c_win"] is None
+
+
+def test_interpolation_latents_and_loaders(tmp_path):
+    paths = interpolation_latents(5, [0.0, 0.5, 1.0])
+    assert paths["slerp"].shape == paths["lerp"].shape == (3, 5, 64)
+    torch.testing.assert_close(paths["slerp"][0], paths["lerp"][0])
+    torch.testing.assert_close(paths["slerp"][-1], paths["lerp"][-1])
+    assert (paths["lerp"][1].norm(dim=1) < paths["slerp"][1].norm(dim=1)).all()
+    torch.testing.assert_close(interpolation_latents(3, [0.0])["slerp"][0], paths["slerp"][0, :3])  # prefix-stable
+    with pytest.raises(ValueError, match="no results file"):
+        load_grid(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a dial grid"):
+        load_grid(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="not an interpolation"):
+        load_interpolation(tmp_path / "bad.json")
 
 
 def test_bad_input():
