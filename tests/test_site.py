@@ -29,7 +29,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SITE = ROOT / "book" / "_build" / "html"
+# The build folder: book/_build, or DDIM_BOOK_BUILD (a build made with another --path-output).
+SITE = Path(os.environ.get("DDIM_BOOK_BUILD", ROOT / "book" / "_build")) / "html"
 ARTIFACTS = ROOT / "build" / "artifacts"
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 
@@ -197,13 +198,21 @@ READER_CHECK_JS = r"""
     if (!el.closest("a")) unresolved.push("no link: " + el.textContent.trim().slice(0, 60));
   if (document.body.innerText.includes("unknown document")) unresolved.push("unknown document");
   const column = (document.querySelector("article.bd-article") || document.body).getBoundingClientRect();
-  for (const c of document.querySelectorAll('mjx-container[display="true"]')) {
+  for (const c of document.querySelectorAll("mjx-container")) {   // inline math cannot wrap either
+    if (!c.closest("article") || c.closest("pre, .cell_output, .output")) continue;
     const r = (c.querySelector("mjx-math") || c).getBoundingClientRect();
     if (r.width > column.width + 1 || r.right > column.right + 1 || r.left < column.left - 1) {
       const id = c.closest("[id]") ? c.closest("[id]").id : "";
-      wide.push(`${Math.round(r.width)} px in a ${Math.round(column.width)} px column (#${id})`);
+      const kind = c.getAttribute("display") === "true" ? "display" : "inline";
+      wide.push(`${kind}, ${Math.round(r.width)} px, ends at ${Math.round(r.right - column.left)} px ` +
+                `of a ${Math.round(column.width)} px column (#${id})`);
     }
   }
+  for (const pre of document.querySelectorAll(
+      "div.highlight-bash pre, div.highlight-shell pre, div.highlight-console pre, div.highlight-sh pre"))
+    if (pre.scrollWidth > pre.clientWidth + 1)   // shell commands must be readable without scrolling
+      wide.push(`shell code cut off: ${pre.scrollWidth} px in ${pre.clientWidth} px: ` +
+                pre.textContent.trim().slice(0, 50));
   return {raw, wide, unresolved};
 }
 """
@@ -213,7 +222,7 @@ def _reader_problems(page) -> tuple[list[str], int]:
     """What a reader sees after MathJax (READER_CHECK_JS): problems, and the raw-TeX count."""
     found = page.evaluate(READER_CHECK_JS)
     problems = [f"raw TeX in the text: {t!r}" for t in found["raw"]]
-    problems += [f"display equation wider than the column: {w}" for w in found["wide"]]
+    problems += [f"equation wider than the column: {w}" for w in found["wide"]]
     problems += [f"unresolved reference: {u!r}" for u in found["unresolved"]]
     return problems, len(found["raw"])
 
