@@ -96,12 +96,11 @@ def generate(args) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model, schedule = dl.load_pretrained("digits")
-    runs = work / "runs.json"
-    log = json.loads(runs.read_text()) if runs.exists() else []
-    log.append({"command": "python scripts/table1_digits.py " + " ".join(sys.argv[1:] if argv_is_cli() else []),
-                "commit": git_commit(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "threads": args.threads, "torch": torch.__version__})
-    runs.write_text(json.dumps(log, indent=1))
+    # One record per generate run, in its own file (several processes may run at once).
+    record = {"command": "python scripts/table1_digits.py " + " ".join(sys.argv[1:] if argv_is_cli() else []),
+              "commit": git_commit(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "threads": args.threads, "torch": torch.__version__}
+    (work / f"run_{time.time_ns()}_{os.getpid()}.json").write_text(json.dumps(record))
     rows = None if args.rows is None else args.rows.split(";")
     if rows is not None and set(rows) - set(ROWS):
         raise SystemExit(f"unknown rows {sorted(set(rows) - set(ROWS))}; rows: {'; '.join(ROWS)}")
@@ -335,8 +334,8 @@ def analyse(args) -> None:
     nn_real = metrics.nearest_neighbour_distances(real_flat, real_flat, exclude_self=True)
     floors["nn_real_leave_one_out"] = {str(k): pair(v) for k, v in metrics.quantiles_with_se(nn_real, QS, rng=rng).items()}
 
-    runs_file = work / "runs.json"
-    runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
+    runs = json.loads((work / "runs.json").read_text()) if (work / "runs.json").exists() else []
+    runs += [json.loads(f.read_text()) for f in sorted(work.glob("run_*.json"))]
     model_dir = pretrained_path("digits")
     model_manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest = {
