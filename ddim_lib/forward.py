@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import as_float, check_admissible_sigma, check_alpha_bar, expand_to
+from ._util import as_float, check_admissible_sigma, check_alpha_bar, check_float, check_same_shape, expand_to
 from .schedule import NoiseSchedule
 
 __all__ = ["LinearGaussian", "q_mean_var", "q_sample", "ddpm_posterior",
@@ -29,18 +29,28 @@ class LinearGaussian(NamedTuple):
 
 
 def _alpha_bar_like(schedule: NoiseSchedule, t, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     return schedule.alpha_bar(torch.as_tensor(t, device=schedule.device)).to(x.device, x.dtype)
 
 
 def q_mean_var(x0: torch.Tensor, schedule: NoiseSchedule, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean sqrt(abar_t) x0 and variance (1 - abar_t) of q(x_t | x_0) (eq. 4); var has shape of t."""
+    """Mean sqrt(abar_t) x0 and variance (1 - abar_t) of q(x_t | x_0) (eq. 4); var has shape of t.
+
+    x0 must be a finite floating-point tensor."""
+    check_float(x0, "x0", finite=True)
     a = _alpha_bar_like(schedule, t, x0)
     return expand_to(a.sqrt(), x0) * x0, 1 - a
 
 
 def q_sample(x0: torch.Tensor, schedule: NoiseSchedule, t, noise: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """One-shot draw x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, eps ~ N(0, I) (eq. 4)."""
+    """One-shot draw x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, eps ~ N(0, I) (eq. 4).
+
+    x0 (and ``noise``, of x0's shape) must be finite floating-point tensors."""
+    check_float(x0, "x0", finite=True)
+    if noise is not None:
+        check_float(noise, "noise", finite=True)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     elif noise.shape != x0.shape:
@@ -55,7 +65,13 @@ def ddpm_posterior(x0: torch.Tensor, x_t: torch.Tensor, schedule: NoiseSchedule,
 
     mu = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0 + sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
     beta_tilde = (1 - abar_{t-1}) beta_t / (1 - abar_t).  At code t = 0: mean x0, variance 0.
+    x0 and x_t: finite floating-point tensors of one shape.
     """
+    check_float(x0, "x0", finite=True)
+    check_float(x_t, "x_t", finite=True)
+    check_same_shape(x0, x_t, "x0", "x_t")
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     t = torch.as_tensor(t, device=schedule.device)
     a_t = schedule.alpha_bar(t).to(x0.device, x0.dtype)
     a_prev = schedule.alpha_bar(t - 1).to(x0.device, x0.dtype)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._util import check_alpha_bar, expand_to
+from ._util import (check_alpha_bar, check_batched_float, check_float, check_model_output, check_result_finite,
+                    check_same_shape, expand_to)
 from .sampler import _as_tau
 from .schedule import NoiseSchedule
 
@@ -46,12 +47,14 @@ def to_ve(x: torch.Tensor, alpha_bar) -> tuple[torch.Tensor, torch.Tensor]:
 
     x of shape (B, ...); alpha_bar a scalar or (B,). sigma comes back with alpha_bar's shape.
     """
+    check_float(x, "x")
     a = check_alpha_bar(_as_float64(alpha_bar), "alpha_bar")
     return x / expand_to(a, x).sqrt(), sigma_from_alpha_bar(a)
 
 
 def from_ve(x_bar: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_bar, sigma) -> (x_t, abar_t) = (x_bar / sqrt(1 + sigma^2), 1 / (1 + sigma^2))."""
+    check_float(x_bar, "x_bar")
     a = alpha_bar_from_sigma(sigma)
     return x_bar * expand_to(a, x_bar).sqrt(), a
 
@@ -63,6 +66,7 @@ def euler_step_sigma(x_bar: torch.Tensor, eps: torch.Tensor, sigma, sigma_next) 
     In x coordinates this is eq. 13, i.e. ``ddim_step`` with sigma_t = 0 (claim O1).
     """
     sigma, sigma_next = _check_sigma(sigma, "sigma"), _check_sigma(sigma_next, "sigma_next")
+    _check_pair(x_bar, eps)
     return x_bar + expand_to(sigma_next - sigma, x_bar) * eps
 
 
@@ -77,6 +81,7 @@ def euler_step_sigma_sq(x_bar: torch.Tensor, eps: torch.Tensor, sigma, sigma_nex
     sigma, sigma_next = _check_sigma(sigma, "sigma"), _check_sigma(sigma_next, "sigma_next")
     if (sigma <= 0).any():
         raise ValueError("eq. 15 divides by sigma: the step must start at sigma > 0")
+    _check_pair(x_bar, eps)
     return x_bar + expand_to((sigma_next**2 - sigma**2) / (2 * sigma), x_bar) * eps
 
 
@@ -102,15 +107,25 @@ def ode_sample(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Se
     sigma = 0 where no model is defined, is a plain Euler (DDIM) step. NFE: ``ode_nfe(method, S)``.
     """
     _check_method(method)
-    if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
-        raise ValueError("x_T must be a floating-point tensor of shape (B, ...)")
     tau = _as_tau(schedule, tau)
+    check_batched_float(x_T, "x_T", finite=True)
     a = schedule.alpha_bars.double().cpu().tolist()
+    if a[tau[-1]] <= 0:
+        raise ValueError(f"the ODE of eq. 14 starts at sigma = sqrt((1 - abar) / abar) = inf where alpha_bar = 0 "
+                         f"(t = {tau[-1]}, zero terminal SNR): use ddim_lib.sample with a 'v' or 'x0' model, "
+                         "or a tau that ends below the last step")
     sigma = {t: math.sqrt((1 - a[t]) / a[t]) for t in tau} | {-1: 0.0}
     t_batch = {t: torch.full((x_T.shape[0],), t, dtype=torch.long, device=x_T.device) for t in tau}
 
+    checked = []
+
     def eps_at(x_bar, t):  # the model sees x_t = x_bar / sqrt(sigma^2 + 1), as in eq. 14
-        return model(x_bar / math.sqrt(sigma[t] ** 2 + 1), t_batch[t])
+        x_t = x_bar / math.sqrt(sigma[t] ** 2 + 1)
+        eps = model(x_t, t_batch[t])
+        if not checked:    # the first output only: shape, once per call
+            check_model_output(eps, x_t, model)
+            checked.append(True)
+        return eps
 
     x_bar = x_T * math.sqrt(sigma[tau[-1]] ** 2 + 1)
     # [(tau_S, tau_{S-1}), ..., (tau_2, tau_1), (tau_1, -1)]
@@ -126,6 +141,7 @@ def ode_sample(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Se
             x_bar = x_bar + (s_next - s) * 0.5 * (eps + eps_next)
         else:
             x_bar = x_euler
+    check_result_finite(x_bar, model, "ode_sample")
     return x_bar  # sigma = 0: x_bar = x_0
 
 
@@ -147,6 +163,12 @@ def _check_sigma(sigma, name: str) -> torch.Tensor:
     if not torch.isfinite(sigma).all() or (sigma < 0).any():
         raise ValueError(f"{name} must be finite and non-negative")
     return sigma
+
+
+def _check_pair(x_bar, eps) -> None:
+    check_float(x_bar, "x_bar")
+    check_float(eps, "eps")
+    check_same_shape(x_bar, eps, "x_bar", "eps")
 
 
 def _check_method(method: str) -> None:

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import (as_float, check_admissible_sigma, check_alpha_bar, check_batched_float, check_model_output,
-                    check_result_finite, expand_to)
+from ._util import (all_finite, as_float, check_admissible_sigma, check_alpha_bar, check_batched_float, check_float,
+                    check_model_output, check_result_finite, check_same_shape, expand_to)
 from .prediction import check_defined, check_prediction, conversion_coefficients
 from .schedule import NoiseSchedule
 from .timesteps import timesteps as make_timesteps
@@ -95,12 +95,10 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_prev, sigma,
 
 
 def _check_pair(x: torch.Tensor, y: torch.Tensor, name_x: str, name_y: str) -> None:
-    """Both floating-point tensors of one shape, x batched (B, ...)."""
-    check_batched_float(x, name_x)
-    if not torch.is_tensor(y) or not y.is_floating_point():
-        raise ValueError(f"{name_y} must be a floating-point tensor")
-    if y.shape != x.shape:
-        raise ValueError(f"{name_y} has shape {tuple(y.shape)} but {name_x} has {tuple(x.shape)}")
+    """Both floating-point tensors of one shape (no broadcasting: a wrong shape is an error)."""
+    check_float(x, name_x)
+    check_float(y, name_y)
+    check_same_shape(x, y, name_x, name_y)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -348,7 +346,7 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, lam) -> torch.Tensor:
             or not math.isfinite(float(lam)):
         raise ValueError(f"lam must be a finite real scalar, got {lam!r}")
     flat0, flat1 = z0.reshape(z0.shape[0], -1), z1.reshape(z1.shape[0], -1)
-    if not (torch.isfinite(flat0).all() and torch.isfinite(flat1).all()):
+    if not (all_finite(flat0) and all_finite(flat1)):
         raise ValueError("z0 and z1 must be finite (no NaN or inf)")
     n0, n1 = flat0.norm(dim=1), flat1.norm(dim=1)
     if (n0 == 0).any() or (n1 == 0).any():

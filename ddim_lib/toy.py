@@ -8,6 +8,7 @@ error can be split from a network's learning error.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -18,15 +19,28 @@ from .schedule import NoiseSchedule
 __all__ = ["GaussianMixture", "OracleEps", "toy2d", "TOY2D_NAMES"]
 
 
+def _as_real(value, name: str, dtype: torch.dtype) -> torch.Tensor:
+    if torch.is_tensor(value) and (value.is_complex() or value.dtype == torch.bool):
+        raise ValueError(f"{name} must be real numbers, got dtype {value.dtype}")
+    try:
+        return torch.as_tensor(value, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be real numbers, got {value!r:.80}") from None
+
+
 class GaussianMixture:
     """sum_k w_k N(mu_k, diag(s_k^2)) in d dimensions: means (K, d), stds (K,) or (K, d), weights (K,)."""
 
     def __init__(self, means, stds, weights=None, dtype: torch.dtype = torch.float64):
-        means = torch.as_tensor(means, dtype=dtype)
-        if means.ndim != 2:
-            raise ValueError(f"means must have shape (K, d), got {tuple(means.shape)}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+        means = _as_real(means, "means", dtype)
+        if means.ndim != 2 or 0 in means.shape:
+            raise ValueError(f"means must have shape (K, d) with K, d >= 1, got {tuple(means.shape)}")
+        if not torch.isfinite(means).all():
+            raise ValueError("means must be finite (no NaN or inf)")
         K, d = means.shape
-        stds = torch.as_tensor(stds, dtype=dtype)
+        stds = _as_real(stds, "stds", dtype)
         if stds.ndim == 0:
             stds = stds.expand(K)
         if stds.ndim == 1:
@@ -34,9 +48,10 @@ class GaussianMixture:
                 raise ValueError(f"stds must have shape (K,) or (K, d) with K = {K}, got {tuple(stds.shape)}")
             stds = stds[:, None].expand(K, d)
         if stds.shape != (K, d) or not torch.isfinite(stds).all() or (stds <= 0).any():
-            raise ValueError("stds must be positive, of shape (K,) or (K, d)")
-        weights = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype)
-        if weights.shape != (K,) or (weights < 0).any() or not math.isclose(weights.sum().item(), 1.0, rel_tol=1e-9):
+            raise ValueError("stds must be finite and positive, of shape (K,) or (K, d)")
+        weights = torch.full((K,), 1.0 / K, dtype=dtype) if weights is None else _as_real(weights, "weights", dtype)
+        if weights.shape != (K,) or not torch.isfinite(weights).all() or (weights < 0).any() \
+                or not math.isclose(weights.sum().item(), 1.0, rel_tol=1e-9):
             raise ValueError(f"weights must be K = {K} non-negative numbers summing to 1")
         self.means, self.stds, self.weights = means, stds.contiguous(), weights
 
@@ -52,18 +67,25 @@ class GaussianMixture:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n independent draws, shape (n, d)."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
         return self.means[comp] + self.stds[comp] * z
 
     def noised(self, alpha_bar: float) -> "GaussianMixture":
-        """The law of sqrt(abar) x_0 + sqrt(1 - abar) eps: q(x_t) as a mixture."""
+        """The law of sqrt(abar) x_0 + sqrt(1 - abar) eps: q(x_t) as a mixture (abar in [0, 1])."""
+        if isinstance(alpha_bar, bool) or not isinstance(alpha_bar, numbers.Real) or not 0 <= alpha_bar <= 1:
+            raise ValueError(f"alpha_bar must be a number in [0, 1], got {alpha_bar!r}")
         return GaussianMixture(math.sqrt(alpha_bar) * self.means,
                                (alpha_bar * self.stds**2 + 1 - alpha_bar).sqrt(), self.weights,
                                dtype=self.means.dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log density at x of shape (n, d) -> (n,)."""
+        if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim != 2 or x.shape[1] != self.dim:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"x must be a floating-point tensor of shape (n, {self.dim}), got {got}")
         return torch.logsumexp(self._log_joint(x, self.means, self.stds**2), dim=1)
 
     def _log_joint(self, x, means, var):
@@ -94,6 +116,18 @@ class OracleEps(nn.Module):
         self.mixture, self.schedule = mixture, schedule
         self.prediction = check_prediction(prediction)
 
+    def _flat(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x as (B, d), after shape checks only (no value checks: this runs at every sampler step)."""
+        if not torch.is_tensor(x) or not x.is_floating_point() or x.ndim < 1:
+            raise ValueError("x must be a floating-point tensor of shape (B, ...)")
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.mixture.dim:
+            raise ValueError(f"x of shape {tuple(x.shape)} flattens to {flat.shape[1]} per sample, but the "
+                             f"mixture has dimension {self.mixture.dim}")
+        if not torch.is_tensor(t) or t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a LongTensor of shape (B,) = ({x.shape[0]},)")
+        return flat
+
     def _component_terms(self, x: torch.Tensor, t: torch.Tensor):
         """Per-sample abar (B,), component posteriors r_k (B, K), noised variances (B, K, d)."""
         m = self.mixture
@@ -108,7 +142,7 @@ class OracleEps(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The optimal output of type ``self.prediction`` at (x_t, t); for "eps":
         E[eps | x_t] = sum_k r_k(x_t) sqrt(1 - abar_t) (x_t - sqrt(abar_t) mu_k) / (abar_t s_k^2 + 1 - abar_t)."""
-        shape, flat = x.shape, x.reshape(x.shape[0], -1)
+        shape, flat = x.shape, self._flat(x, t)
         a, r, diff, var_t = self._component_terms(flat, t)
         if self.prediction != "x0":
             eps = (1 - a).sqrt()[:, None] * (r[..., None] * diff / var_t).sum(1)
@@ -125,7 +159,7 @@ class OracleEps(nn.Module):
 
     def posterior_mean(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x_0 | x_t] from the component posteriors: sum_k r_k (mu_k + sqrt(abar) s_k^2 (x_t - sqrt(abar) mu_k) / v_k)."""
-        shape, flat = x.shape, x.reshape(x.shape[0], -1)
+        shape, flat = x.shape, self._flat(x, t)
         a, r, diff, var_t = self._component_terms(flat, t)
         return self._x0(a, r, diff, var_t).to(x.dtype).reshape(shape)
 

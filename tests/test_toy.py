@@ -183,8 +183,8 @@ def test_oracle_at_extremes(linear1000, mixture1d):
 @pytest.mark.parametrize("args, message", [
     (([0.0, 1.0], [0.1, 0.1]), r"means must have shape \(K, d\)"),
     (([[0.0], [1.0]], [0.1, 0.1, 0.1]), r"stds must have shape \(K,\) or \(K, d\) with K = 2"),
-    (([[0.0], [1.0]], [0.1, -0.1]), "stds must be positive"),
-    (([[0.0], [1.0]], [0.1, float("nan")]), "stds must be positive"),
+    (([[0.0], [1.0]], [0.1, -0.1]), "stds must be finite and positive"),
+    (([[0.0], [1.0]], [0.1, float("nan")]), "stds must be finite and positive"),
     (([[0.0], [1.0]], [0.1, 0.1], [0.3, 0.3]), "summing to 1"),
     (([[0.0], [1.0]], [0.1, 0.1], [1.2, -0.2]), "non-negative"),
     (([[0.0], [1.0]], [0.1, 0.1], [1.0]), "K = 2"),
