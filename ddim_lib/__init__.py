@@ -9,6 +9,7 @@ from ._cli_interrupt import install as _install_cli_interrupt
 
 _install_cli_interrupt()          # the `ddim` command only: Ctrl-C during the torch import -> one line, 130
 from .forward import LinearGaussian, ddpm_posterior, q_mean_var, q_sample, q_sigma_forward, q_sigma_reverse
+from .guidance import GuidedEps, class_mixture, conditional_oracles, guided_oracle, sample_tilted, tilted_log_prob
 from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, predict_x0, sample,
                       sigma_eta, sigma_hat, slerp)
 from .ode import (alpha_bar_from_sigma, euler_step_sigma, euler_step_sigma_sq, from_ve, heun_sample,
@@ -31,6 +32,7 @@ __all__ = [
     "sigma_from_alpha_bar", "alpha_bar_from_sigma", "to_ve", "from_ve", "euler_step_sigma",
     "euler_step_sigma_sq", "ode_sample", "heun_sample", "ode_nfe",
     "to_eps_x0", "from_eps_x0", "convert_prediction", "PREDICTIONS", "SPACINGS",
+    "GuidedEps", "guided_oracle", "conditional_oracles", "class_mixture", "sample_tilted", "tilted_log_prob",
 ]
 
 # Training, models and evaluation pull in heavier modules: import them on first use.

@@ -37,6 +37,9 @@ class GuidedEps(nn.Module):
     ``cond`` and ``uncond`` are models ``m(x, t)`` predicting eps (e.g. the class-conditional and
     the unconditional oracle); the result is a model of the same signature, usable with ``sample``
     and ``encode``. w = 0 returns ``cond`` alone (``uncond`` is not evaluated), w = -1 ``uncond``.
+    The two models may predict x0 or v instead of eps (pass the same ``prediction=`` to the sampler):
+    each conversion is eps = c_x x_t + c_o output and (1 + w) - w = 1, so guiding x0 or v outputs
+    gives the same eps_w as guiding the eps outputs.
     """
 
     def __init__(self, cond: Model, uncond: Model, w: float):

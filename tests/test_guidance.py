@@ -171,3 +171,22 @@ def test_bad_inputs():
         mmd2_blocks(torch.zeros(5, 2), torch.zeros(5, 2), 1.0, 1)
     with pytest.raises(ValueError, match="too few"):
         mmd2_blocks(torch.zeros(5, 2), torch.zeros(5, 2), 1.0, 3)
+
+
+def test_guidance_commutes_with_the_prediction_type():
+    """Conversions are affine in the output with weights summing to 1 over (1 + w, -w), so guiding
+    v- (or x0-) predictions and converting gives the guided eps: sample(..., prediction) agrees."""
+    from ddim_lib.prediction import to_eps_x0
+
+    x = 1.5 * torch.randn(32, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for p in ("x0", "v"):
+        guided_p = GuidedEps(OracleEps(class_mixture(MIX, LABELS, 0), SCHED, prediction=p),
+                             OracleEps(MIX, SCHED, prediction=p), 3.0)
+        guided_eps = guided_oracle(MIX, LABELS, 0, SCHED, 3.0)
+        for t in (0, 80, 199):
+            a = SCHED.alpha_bars[t].item()
+            eps_from_p = to_eps_x0(guided_p(x, _t(t, 32)), x, a, p)[0]
+            torch.testing.assert_close(eps_from_p, guided_eps(x, _t(t, 32)), rtol=1e-11, atol=1e-11)
+        x_T = torch.randn(16, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+        torch.testing.assert_close(sample(guided_p, x_T, SCHED, 20, prediction=p), sample(guided_eps, x_T, SCHED, 20),
+                                   rtol=1e-10, atol=1e-10)
