@@ -90,6 +90,52 @@ def test_cifar10_damaged_batch_is_reported(cifar_root):
         load_dataset("cifar10", root)
 
 
+class _RunsCode:
+    """Unpickling this with the plain pickle module would create a file: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("payload", ["in the data", "as the whole batch", "in the labels"])
+def test_cifar10_batches_never_execute_code(cifar_root, tmp_path, payload):
+    root, _, _ = cifar_root
+    trap = tmp_path / "pwned"
+    good = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}
+    batch = {"in the data": {**good, b"data": _RunsCode(trap)}, "as the whole batch": _RunsCode(trap),
+             "in the labels": {**good, b"labels": [_RunsCode(trap)]}}[payload]
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    with pytest.raises(ValueError, match=r"data_batch_3 is not a CIFAR-10 python batch \(UnpicklingError: refused"):
+        load_dataset("cifar10", root)
+    assert not trap.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_cifar10_restricted_unpickler_reads_every_pickle_protocol(cifar_root, protocol):
+    root, batches, _ = cifar_root
+    folder = root / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"batch_label": b"fake", b"labels": [0, 1, 2], b"data": batches[0], b"filenames": [b"a"] * 3}, f,
+                    protocol=protocol)
+    x = load_dataset("cifar10", root)
+    np.testing.assert_array_equal(((x[:3].numpy() + 1) * 127.5).round().reshape(3, -1), batches[0])
+
+
+def test_cifar10_wrong_contents_are_named(cifar_root):
+    root, _, _ = cifar_root
+    folder = root / "cifar-10-batches-py"
+    for content, match in [({b"labels": [1]}, "b'data' entry"), ({b"data": "pixels"}, "must be an array"),
+                           ({b"data": np.zeros((2, 3072), np.float32)}, "uint8"), ([1, 2], "b'data' entry")]:
+        with open(folder / "data_batch_4", "wb") as f:
+            pickle.dump(content, f, protocol=2)
+        with pytest.raises(ValueError, match=match):
+            load_dataset("cifar10", root)
+
+
 # ---- image folders ------------------------------------------------------------------------------------
 def test_folder_centre_crops_and_resizes(tmp_path):
     # 120 x 60: red 30-pixel bands left and right of a blue 60 x 60 centre. The centre crop keeps blue only.
@@ -124,3 +170,11 @@ def test_folder_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         load_dataset("folder", tmp_path)
+
+
+def test_decompression_bomb_is_refused_with_one_line(tmp_path):
+    from PIL import Image
+    Image.new("L", (20000, 20000)).save(tmp_path / "bomb.png", optimize=True)   # 400 Mpixel in a small file
+    with pytest.raises(ValueError, match="refused image .*bomb.png.*decompression bomb") as info:
+        load_dataset("folder", tmp_path)
+    assert "\n" not in str(info.value)

@@ -267,3 +267,14 @@ def test_unet_rejects_inconsistent_sizes():
         UNet(ch=32, ch_mult=(1, 2, 2, 2), resolution=12)
     with pytest.raises(ValueError, match="GroupNorm"):
         UNet(ch=48)
+
+
+@pytest.mark.parametrize("preset, overrides, match", [
+    ("toy2d", {"hidden": "wide"}, "hidden"), ("toy2d", {"depth": -1}, "depth"), ("digits", {"ch_mult": 3}, "ch_mult"),
+    ("digits", {"ch": [1]}, "ch"), ("toy2d", {"colour": 1}, "unknown model option"),
+])
+def test_malformed_model_options_raise_one_line_value_error(preset, overrides, match):
+    from ddim_lib.models import build_model as build
+    with pytest.raises(ValueError, match=match) as info:
+        build(preset, **overrides)
+    assert "\n" not in str(info.value)
