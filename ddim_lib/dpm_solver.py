@@ -31,7 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-from ._util import as_float, check_alpha_bar, expand_to
+from ._util import as_float, check_alpha_bar, check_batched_float, check_model_output, check_result_finite, expand_to
+from .prediction import check_defined, check_prediction, conversion_coefficients
 from .sampler import Trajectory, _as_tau, _progress
 from .schedule import NoiseSchedule
 from .toy import GaussianMixture
@@ -85,44 +86,51 @@ def dpm_solver_pp_step(x_t: torch.Tensor, x0: torch.Tensor, a_t, a_s, x0_prev: t
 
 # ---- the loop ----------------------------------------------------------------------------------
 class _Step(NamedTuple):
-    """x_s = c_x * x_t + c_d * (w * x0 + w_prev * x0_prev): eq. 3 (eq. 2 when w_prev = 0)."""
+    """x_s = c_x * x_t + c_d * (w * x0 + w_prev * x0_prev): eq. 3 (eq. 2 when w_prev = 0), where
+    x0 = z_x * x_t + z_o * output (eq. 9 for an eps model; ``prediction.conversion_coefficients``)."""
 
     t: int
-    alpha_t: float
-    sigma_t: float
+    z_x: float
+    z_o: float
     c_x: float
     c_d: float
     w: float
     w_prev: float
 
 
-def _plan(schedule: NoiseSchedule, tau, order: int, lower_order_final: bool = True) -> list[_Step]:
+def _plan(schedule: NoiseSchedule, tau, order: int, lower_order_final: bool = True,
+          prediction: str = "eps") -> list[_Step]:
     """Per-step coefficients of eq. 2 / 3, in float64 on the host (no device syncs in the loop)."""
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2):
         raise ValueError(f"order must be 1 (DDIM, eq. 2) or 2 (DPM-Solver++(2M), eq. 3), got {order!r}")
     if not isinstance(lower_order_final, bool):
         raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
+    check_prediction(prediction)
     tau = _as_tau(schedule, tau)
     a = schedule.alpha_bars.double().cpu().tolist()
     abar = [a[t] for t in reversed(tau)] + [1.0]                    # tau_S, ..., tau_1, then abar(-1) = 1
-    lam = [0.5 * (math.log(v) - math.log1p(-v)) if v < 1 else math.inf for v in abar]
+    check_defined(prediction, min(abar[:-1]), max(abar[:-1]), " (a visited timestep)")
+    lam = [(0.5 * (math.log(v) - math.log1p(-v)) if v > 0 else -math.inf) if v < 1 else math.inf for v in abar]
     steps, last_ode_step = [], len(tau) - 2      # the step tau_2 -> tau_1 (then tau_1 -> alpha_bar = 1)
     for i, t in enumerate(reversed(tau)):
-        h = lam[i + 1] - lam[i]
+        h = lam[i + 1] - lam[i]                 # inf on the last step, and on the first from abar = 0
         sigma_t, alpha_s, sigma_s = math.sqrt(1 - abar[i]), math.sqrt(abar[i + 1]), math.sqrt(1 - abar[i + 1])
         w, w_prev = 1.0, 0.0
         # eq. 2 on the first step, on the last (h = inf) and, with lower_order_final, on tau_2 -> tau_1
-        if order == 2 and i > 0 and math.isfinite(h) and not (lower_order_final and i == last_ode_step):
+        if (order == 2 and i > 0 and math.isfinite(h) and math.isfinite(lam[i - 1])
+                and not (lower_order_final and i == last_ode_step)):
             r = (lam[i] - lam[i - 1]) / h
             w, w_prev = 1 + 1 / (2 * r), -1 / (2 * r)
-        steps.append(_Step(t, math.sqrt(abar[i]), sigma_t, sigma_s / sigma_t, alpha_s * -math.expm1(-h), w, w_prev))
+        _, _, z_x, z_o = conversion_coefficients(abar[i], prediction)
+        steps.append(_Step(t, z_x, z_o, sigma_s / sigma_t, alpha_s * -math.expm1(-h), w, w_prev))
     return steps
 
 
 @torch.no_grad()
 def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Sequence[int] | int,
                      order: int = 2, lower_order_final: bool = True, generator: torch.Generator | None = None,
-                     clip_x0: bool = False, return_trajectory: bool = False, progress: bool = False):
+                     clip_x0: bool = False, return_trajectory: bool = False, progress: bool = False,
+                     prediction: str = "eps"):
     """DPM-Solver++(2M) over the subsequence tau from x_T of shape (B, ...): one model call per step.
 
     Same conventions as ``sample``: ``tau`` increasing code indices or an int S (uniform spacing),
@@ -138,18 +146,21 @@ def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, t
     throughout, which is DDIM (eta = 0). ``generator`` is accepted for ``sample``'s signature and
     unused (deterministic). ``clip_x0`` clamps each x0_theta to [-1, 1]. Returns x_0, or a
     ``Trajectory`` (states x_T, ..., x_0 and the x0_theta's) when ``return_trajectory``.
+    ``prediction``: what ``model`` outputs, "eps", "x0" or "v" (as for ``sample``); the solver needs
+    only x0_theta, a linear function of (x_t, output) with coefficients computed before the loop. A
+    start at alpha_bar = 0 (zero terminal SNR) is lambda = -inf: the first step is eq. 2 with
+    h = inf, x = sigma_s x_T + alpha_s x0_theta, defined for "x0" and "v" models ("eps" raises).
     """
-    steps = _plan(schedule, tau, order, lower_order_final)
-    if not torch.is_tensor(x_T) or not x_T.is_floating_point() or x_T.ndim < 1:
-        raise ValueError("x_T must be a floating-point tensor of shape (B, ...)")
+    steps = _plan(schedule, tau, order, lower_order_final, prediction)
+    check_batched_float(x_T, "x_T", finite=True)
     x, x0_prev = x_T, None
     xs, x0_preds = [x], []
     t_batches = {s.t: torch.full((x.shape[0],), s.t, dtype=torch.long, device=x.device) for s in steps}
-    for s in _progress(steps, progress):
-        eps = model(x, t_batches[s.t])
-        if eps.shape != x.shape:
-            raise ValueError(f"the model must return eps of x's shape {tuple(x.shape)}, got {tuple(eps.shape)}")
-        x0 = (x - s.sigma_t * eps) / s.alpha_t                      # eq. 9: x0_theta(x_t, t)
+    for i, s in enumerate(_progress(steps, progress)):
+        out = model(x, t_batches[s.t])
+        if i == 0:
+            check_model_output(out, x, model)
+        x0 = torch.add(x * s.z_x, out, alpha=s.z_o) if s.z_x else out * s.z_o   # x0_theta(x_t, t), eq. 9
         if clip_x0:
             x0 = x0.clamp(-1, 1)
         d = x0 if s.w_prev == 0 else torch.add(x0 * s.w, x0_prev, alpha=s.w_prev)
@@ -158,6 +169,7 @@ def dpm_solver_pp_2m(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, t
         if return_trajectory:
             xs.append(x)
             x0_preds.append(x0)
+    check_result_finite(x, model, "dpm_solver_pp_2m")
     return Trajectory(x, xs, x0_preds) if return_trajectory else x
 
 

@@ -271,10 +271,42 @@ def test_runs_on_cuda(oracle, schedule):
     torch.testing.assert_close(out.cpu(), dpm_solver_pp_2m(oracle, x_T, schedule, 10), rtol=1e-9, atol=1e-9)
 
 
+# ---- prediction types --------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_x0_and_v_models_give_the_eps_models_samples(schedule, prediction):
+    mix = GaussianMixture.ring(k=8, radius=2.0, std=0.3)
+    x_T = _x(seed=15)
+    for kw in (dict(), dict(lower_order_final=False), dict(order=1)):
+        eps_run = dpm_solver_pp_2m(OracleEps(mix, schedule), x_T, schedule, 20, **kw)
+        other = dpm_solver_pp_2m(OracleEps(mix, schedule, prediction=prediction), x_T, schedule, 20,
+                                 prediction=prediction, **kw)
+        torch.testing.assert_close(other, eps_run, **ROUND_OFF)
+
+
+def test_zero_terminal_snr_start(schedule):
+    """From abar = 0 (lambda = -inf) the first step is eq. 2 with h = inf: x = sigma_s x_T + alpha_s x0.
+    A v model runs; an eps model is refused before any model call."""
+    zt = schedule.rescale_zero_terminal_snr()
+    assert zt.alpha_bars[-1].item() == 0.0
+    mix = GaussianMixture.ring(k=8, radius=2.0, std=0.3)
+    v_model = OracleEps(mix, zt, prediction="v")
+    x_T = _x(seed=16)
+    tau = list(range(0, 999, 100)) + [999]
+    traj = dpm_solver_pp_2m(v_model, x_T, zt, tau, prediction="v", return_trajectory=True)
+    a_s = zt.alpha_bar(tau[-2]).item()
+    x0 = OracleEps(mix, zt, prediction="x0")(x_T, torch.full((64,), 999))
+    torch.testing.assert_close(traj.xs[1], math.sqrt(1 - a_s) * x_T + math.sqrt(a_s) * x0, **ROUND_OFF)
+    assert torch.isfinite(traj.x0).all()
+    calls = []
+    with pytest.raises(ValueError, match="eps"):
+        dpm_solver_pp_2m(lambda x, t: calls.append(t) or x, x_T, zt, tau)
+    assert calls == []
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     (dict(order=3), "order"), (dict(order=True), "order"), (dict(order=2.0), "order"),
-    (dict(lower_order_final=1), "lower_order_final"),
+    (dict(lower_order_final=1), "lower_order_final"), (dict(prediction="score"), "prediction"),
     (dict(tau="ten"), "tau"), (dict(tau=[5, 3]), "increasing"), (dict(tau=[0, 1000]), "0..T-1"), (dict(tau=0), "S"),
 ])
 def test_bad_arguments(oracle, schedule, kwargs, match):
