@@ -124,8 +124,8 @@ class OracleEps(nn.Module):
         if flat.shape[1] != self.mixture.dim:
             raise ValueError(f"x of shape {tuple(x.shape)} flattens to {flat.shape[1]} per sample, but the "
                              f"mixture has dimension {self.mixture.dim}")
-        if not torch.is_tensor(t) or t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a LongTensor of shape (B,) = ({x.shape[0]},)")
+        if not torch.is_tensor(t) or t.ndim > 1 or t.numel() not in (1, x.shape[0]):
+            raise ValueError(f"t must be a LongTensor of shape (B,) = ({x.shape[0]},) (or one step for all)")
         return flat
 
     def _component_terms(self, x: torch.Tensor, t: torch.Tensor):
