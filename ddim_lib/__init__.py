@@ -15,6 +15,7 @@ from .sampler import (Trajectory, ddim_step, ddpm_sample, encode, predict_eps, p
 from .ode import (alpha_bar_from_sigma, euler_step_sigma, euler_step_sigma_sq, from_ve, heun_sample,
                   ode_nfe, ode_sample, sigma_from_alpha_bar, to_ve)
 from .prediction import PREDICTIONS, convert_prediction, from_eps_x0, to_eps_x0
+from .dpm_solver import dpm_solver_pp_2m, dpm_solver_pp_step, lambda_from_alpha_bar, logsnr_timesteps
 from .schedule import NoiseSchedule
 from .theory import (appendix_b_gamma, ddpm_gamma, ddpm_sigmas, eta_sigmas, kl_to_standard_normal,
                      theorem1_constant, theorem1_gamma)
@@ -33,6 +34,7 @@ __all__ = [
     "euler_step_sigma_sq", "ode_sample", "heun_sample", "ode_nfe",
     "to_eps_x0", "from_eps_x0", "convert_prediction", "PREDICTIONS", "SPACINGS",
     "GuidedEps", "guided_oracle", "conditional_oracles", "class_mixture", "sample_tilted", "tilted_log_prob",
+    "dpm_solver_pp_2m", "dpm_solver_pp_step", "lambda_from_alpha_bar", "logsnr_timesteps",
 ]
 
 # Training, models and evaluation pull in heavier modules: import them on first use.
