@@ -132,10 +132,11 @@ def ode_sample(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Se
     for t, t_next in zip(reversed(tau), list(reversed(tau))[1:] + [-1]):
         s, s_next = sigma[t], sigma[t_next]
         eps = eps_at(x_bar, t)
+        # the steps of euler_step_sigma_sq / euler_step_sigma, inlined: their checks run once, above
         if method == "euler_sigma_sq":
-            x_bar = euler_step_sigma_sq(x_bar, eps, s, s_next)
+            x_bar = x_bar + (s_next**2 - s**2) / (2 * s) * eps          # eq. 15
             continue
-        x_euler = euler_step_sigma(x_bar, eps, s, s_next)
+        x_euler = x_bar + (s_next - s) * eps                            # eq. 14's Euler step
         if method == "heun" and t_next >= 0:
             eps_next = eps_at(x_euler, t_next)
             x_bar = x_bar + (s_next - s) * 0.5 * (eps + eps_next)

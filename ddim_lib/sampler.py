@@ -215,8 +215,8 @@ def sample(model: Model, x_T: torch.Tensor, schedule: NoiseSchedule, tau: Sequen
             check_model_output(out, x, model)
             first = False
         if explicit_x0:
-            if prediction == "eps":
-                eps, x0_pred = out, predict_x0(x, out, s.a_t)
+            if prediction == "eps":   # eq. 9, with the coefficients of the plan (no per-step checks)
+                eps, x0_pred = out, (x - math.sqrt(1 - s.a_t) * out) / math.sqrt(s.a_t)
             else:
                 e_x, e_o, z_x, z_o = s.conv
                 eps, x0_pred = e_x * x + e_o * out, z_x * x + z_o * out

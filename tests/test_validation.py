@@ -245,7 +245,10 @@ if __name__ != "__main__":
 
         calls = Counter()
         for module in (ddim_lib.sampler, ddim_lib.ode):
-            for name in ("check_model_output", "check_result_finite", "check_batched_float"):
+            for name in ("check_model_output", "check_result_finite", "check_batched_float", "check_float",
+                         "check_alpha_bar"):
+                if not hasattr(module, name):
+                    continue
                 original = getattr(module, name)
 
                 def counted(*args, _name=name, _original=original, **kwargs):
