@@ -44,27 +44,35 @@ def _count(model: nn.Module) -> int:
 
 
 def make_step(model: nn.Module, batch: int, resolution: int, channels: int = 3, seed: int = 0,
-              fused: bool = True):
+              fused: bool = True, device: str = "cpu", bf16: bool = False, channels_last: bool = False):
     """One optimiser step on L_simple's regression (eps_theta(x_t, t) - eps)^2 with Adam (lr 2e-4;
     ``fused``: one kernel for all parameters, else PyTorch's default), on a fixed random batch (timing
-    does not depend on the values)."""
+    does not depend on the values). ``device``, ``bf16`` (autocast of the forward pass) and
+    ``channels_last`` give the GPU variants ``ddim train`` uses on CUDA; a CUDA step ends with a
+    synchronisation so that the timer sees the kernels, not their launch."""
     g = torch.Generator().manual_seed(seed)
-    x_t = torch.randn(batch, channels, resolution, resolution, generator=g)
-    eps = torch.randn(batch, channels, resolution, resolution, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
-    model.train()
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    x_t = torch.randn(batch, channels, resolution, resolution, generator=g).to(device, memory_format=memory)
+    eps = torch.randn(batch, channels, resolution, resolution, generator=g).to(device, memory_format=memory)
+    t = torch.randint(0, 1000, (batch,), generator=g).to(device)
+    model.to(device, memory_format=memory).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        F.mse_loss(model(x_t, t), eps).backward()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.mse_loss(model(x_t, t).float(), eps.float())
+        loss.backward()
         optimizer.step()
+        sync()
 
     return step
 
 
 def training_step(batch: int, repeats: int, warmup: int = 1, preset: str = "cifar10",
-                  resolution: int = 32, diffusers_kwargs: dict | None = None) -> dict:
+                  resolution: int = 32, diffusers_kwargs: dict | None = None, device: str = "cpu",
+                  bf16: bool = False, channels_last: bool = False) -> dict:
     """Ratio 3: seconds per optimiser step, ddim_lib's ``build_model(preset)`` over diffusers'.
 
     ``diffusers_kwargs`` replace UNet2DModel's arguments (the smoke test uses a tiny configuration of
@@ -78,15 +86,17 @@ def training_step(batch: int, repeats: int, warmup: int = 1, preset: str = "cifa
             if _count(model) != CIFAR10_PARAMETERS:
                 raise AssertionError(f"{name}'s CIFAR-10 UNet has {_count(model)} parameters, not {CIFAR10_PARAMETERS}")
     channels = ours.in_ch
-    times = alternate({"ddim_lib": make_step(ours, batch, resolution, channels),
-                       "diffusers": make_step(theirs, batch, resolution, channels),
-                       "ddim_lib_default_adam": make_step(ours, batch, resolution, channels, fused=False),
-                       "diffusers_default_adam": make_step(theirs, batch, resolution, channels, fused=False)},
+    kw = dict(device=device, bf16=bf16, channels_last=channels_last)
+    times = alternate({"ddim_lib": make_step(ours, batch, resolution, channels, **kw),
+                       "diffusers": make_step(theirs, batch, resolution, channels, **kw),
+                       "ddim_lib_default_adam": make_step(ours, batch, resolution, channels, fused=False, **kw),
+                       "diffusers_default_adam": make_step(theirs, batch, resolution, channels, fused=False, **kw)},
                       repeats, warmup)
     default = {"ddim_lib": summary(times["ddim_lib_default_adam"]),
                "diffusers": summary(times["diffusers_default_adam"]),
                **ratio(times["ddim_lib_default_adam"], times["diffusers_default_adam"])}
     return {"preset": preset, "batch": batch, "resolution": resolution, "optimizer": "Adam(fused=True) on both",
+            "device": device, "bf16": bf16, "channels_last": channels_last,
             "parameters": {"ddim_lib": _count(ours), "diffusers": _count(theirs)},
             "ddim_lib": summary(times["ddim_lib"]), "diffusers": summary(times["diffusers"]),
             **ratio(times["ddim_lib"], times["diffusers"]), "default_adam": default}
@@ -96,3 +106,29 @@ def _diffusers_unet(**kwargs) -> nn.Module:
     from diffusers import UNet2DModel
 
     return UNet2DModel(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.training --device cuda --bf16 --channels-last``: ratio 3 on one device, as JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--preset", default="cifar10", help="cifar10 (the paper's UNet) or digits (tiny)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward pass")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format")
+    args = parser.parse_args(argv)
+    from .run import _tiny_diffusers_digits
+    tiny = None if args.preset == "cifar10" else _tiny_diffusers_digits()
+    result = training_step(args.batch, args.repeats, args.warmup, preset=args.preset,
+                           resolution=32 if args.preset == "cifar10" else 8, diffusers_kwargs=tiny,
+                           device=args.device, bf16=args.bf16, channels_last=args.channels_last)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

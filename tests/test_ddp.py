@@ -6,6 +6,8 @@ import sys
 
 from safetensors.torch import load_file
 
+from ddim_lib.checkpoint import find_checkpoint
+
 # Run by each rank: train a tiny toy2d model, then report a hash of this rank's own weights (raw and
 # EMA, read from the live modules, not from rank 0's checkpoint) and the sample indices it trained on.
 RANK_SCRIPT = r'''
@@ -63,12 +65,13 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     # Same weights on both ranks, and rank 0's checkpoint holds exactly them.
-    assert ranks[0]["raw"] == ranks[1]["raw"] == digest_file(out / "raw.safetensors")
-    assert ranks[0]["ema"] == ranks[1]["ema"] == digest_file(out / "model.safetensors")
+    folder = find_checkpoint(out)                    # the newest step-N/ folder
+    assert ranks[0]["raw"] == ranks[1]["raw"] == digest_file(folder / "raw.safetensors")
+    assert ranks[0]["ema"] == ranks[1]["ema"] == digest_file(folder / "model.safetensors")
     # Each rank trained on its own shard: 64 samples per rank, 4 batches of 16 per epoch, disjoint.
     for step in range(6):
         a, b = ranks[0]["indices"][step], ranks[1]["indices"][step]
         assert len(a) == len(b) == 16 and not set(a) & set(b)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["step"] == 6 and manifest["train_config"]["world_size"] == 2
     assert manifest["metrics"]["samples_seen"] == 6 * 16 * 2
