@@ -105,7 +105,7 @@ bench: $(STAMP) site-assets
 	$(BIN)/python -m benchmarks.run --notebooks
 
 # JupyterLab on the chapters: .md files open as notebooks on a double-click (a setting of this
-# project's .venv, not of the user's ~/.jupyter), jupytext.toml keeps saved chapters byte-identical.
+# project's .venv, not of the user's ~/.jupyter); notebooks/jupytext.toml keeps saved chapters byte-identical.
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 
 $(LAB_OVERRIDES): tools/lab_overrides.json $(STAMP)

@@ -1,18 +1,20 @@
 """JupyterLab as the README promises it (``make lab``), proved against a real JupyterLab server.
 
-A JupyterLab server is started from this project's .venv on 127.0.0.1 (``--allow-root`` when run
-as root, as ``make lab`` does), with empty user configuration folders, so only the project's own
-settings count. Through the server's REST API (the same calls the Lab front end makes):
+A JupyterLab server is started from this project's .venv on 127.0.0.1 the way ``make lab`` starts
+it (serving the notebooks/ folder, ``--allow-root`` when run as root), with empty user
+configuration folders, so only the project's own settings count. Two layers are tested:
 
-1. the settings API reports the default viewer of markdown and MyST files as jupytext's
-   notebook factory ("Jupytext Notebook", checked against the installed jupyterlab-jupytext):
-   a double-click opens a chapter as a notebook;
-2. every chapter, fetched as a notebook through the contents API and saved back (with execution
-   counts, outputs and kernel metadata added, as after running it) is byte-identical: saving a
-   chapter from Lab leaves ``git status`` clean (jupytext.toml's metadata filter), and no paired
-   .ipynb appears.
+1. Through the server's REST API (the calls the Lab front end makes): the settings API reports
+   the default viewer of markdown and MyST files as jupytext's notebook factory ("Jupytext
+   Notebook", checked against the installed jupyterlab-jupytext); and every chapter, fetched as
+   a notebook through the contents API and saved back as Lab saves it after a run (execution
+   counts, outputs, the kernelspec Lab writes when the kernel starts) is byte-identical, with no
+   paired .ipynb: saving a chapter from Lab leaves ``git status`` clean.
+2. Through the real UI, driven by headless Chromium (Playwright): a double-click on chapter 1 in
+   the file browser opens a notebook (cells, a kernel), not the text editor; Ctrl+S after the
+   kernel started leaves the file byte-identical. Skipped outside CI without Chromium.
 
-The server works on a temporary copy of notebooks/ and jupytext.toml, never on the repository.
+The server works on a temporary copy of notebooks/ (with its jupytext.toml), never on the repository.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from jupyter_client.kernelspec import KernelSpecManager
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -68,7 +71,6 @@ def lab(tmp_path_factory):
     base = tmp_path_factory.mktemp("lab")
     work = base / "repo"
     shutil.copytree(ROOT / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns("*.ipynb*"))
-    shutil.copy(ROOT / "jupytext.toml", work / "jupytext.toml")
     settings = base / "app-settings"
     settings.mkdir()
     shutil.copy(OVERRIDES, settings / "overrides.json")   # what `make lab` puts in .venv/share/...
@@ -78,7 +80,7 @@ def lab(tmp_path_factory):
     port, token = _free_port(), "test-token"
     cmd = [str(BIN / "jupyter"), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={work}", f"--LabApp.app_settings_dir={settings}"]
+           f"--ServerApp.root_dir={work / 'notebooks'}", f"--LabApp.app_settings_dir={settings}"]
     if os.getuid() == 0:
         cmd.append("--allow-root")
     log = open(base / "lab.log", "w")
@@ -117,7 +119,7 @@ def test_lab_opens_chapters_as_notebooks(lab):
     assert "defaultViewers" not in setting["settings"]
     viewers = setting["schema"]["properties"]["defaultViewers"]["default"]
     assert viewers.get("markdown") == "Jupytext Notebook" and viewers.get("myst") == "Jupytext Notebook"
-    model = _call(lab, "GET", "/api/contents/notebooks/01_forward_process.md?type=notebook&content=1")
+    model = _call(lab, "GET", "/api/contents/01_forward_process.md?type=notebook&content=1")
     assert model["type"] == "notebook" and model["content"]["nbformat"] == 4
     assert any(c["cell_type"] == "code" for c in model["content"]["cells"])
 
@@ -129,17 +131,71 @@ CHAPTERS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.md"))
 def test_saving_a_chapter_from_lab_leaves_it_unchanged(lab, name):
     path = lab["work"] / "notebooks" / name
     before = path.read_bytes()
-    model = _call(lab, "GET", f"/api/contents/notebooks/{name}?type=notebook&content=1")
+    model = _call(lab, "GET", f"/api/contents/{name}?type=notebook&content=1")
     nb = model["content"]
     nb["metadata"]["language_info"] = {"name": "python", "version": sys.version.split()[0]}
+    # what the front end writes when the kernel starts: name, display_name, language, in this order
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": spec.display_name,
+                                    "language": spec.language}
     for count, cell in enumerate((c for c in nb["cells"] if c["cell_type"] == "code"), start=1):
         cell["execution_count"] = count
         cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
         cell["metadata"]["execution"] = {"iopub.status.idle": "2026-01-01T00:00:00Z"}
-    _call(lab, "PUT", f"/api/contents/notebooks/{name}",
+    _call(lab, "PUT", f"/api/contents/{name}",
           {"type": "notebook", "format": "json", "content": nb})
     after = path.read_bytes()
     assert after == before, f"saving {name} from JupyterLab rewrote it:\n" + "\n".join(
         line for line in __import__("difflib").unified_diff(
             before.decode().splitlines(), after.decode().splitlines(), lineterm="", n=0))
     assert not list(path.parent.glob("*.ipynb")), "a paired .ipynb appeared next to the chapter"
+
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def test_double_click_opens_a_notebook_and_saving_keeps_the_file(lab):
+    """The real JupyterLab UI in headless Chromium: open chapter 1 by double-click, start its kernel, save."""
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        if IN_CI:
+            pytest.fail("chromium is not installed (required in CI)")
+        pytest.skip("chromium is not installed; outside CI this test is skipped")
+    from playwright.sync_api import sync_playwright
+
+    name = "01_forward_process.md"
+    path = lab["work"] / "notebooks" / name
+    path.write_bytes((ROOT / "notebooks" / name).read_bytes())   # undo the API test's save, if any
+    before = path.read_bytes()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.route("**/*", lambda r: r.continue_() if r.request.url.startswith(lab["url"]) else r.abort())
+        page.goto(f"{lab['url']}/lab?token={lab['token']}", wait_until="load", timeout=120_000)
+        item = page.locator(".jp-DirListing-item", has_text=name).first
+        item.wait_for(timeout=120_000)
+        item.dblclick()
+        page.wait_for_function("() => document.querySelectorAll('.jp-NotebookPanel .jp-Cell').length > 5",
+                               timeout=120_000)
+        assert page.locator(".jp-FileEditor").count() == 0, "the chapter also opened in the text editor"
+        # the kernel has started (Lab then writes its kernelspec into the notebook's metadata)
+        page.wait_for_function("() => /Idle/.test(document.querySelector('.jp-StatusBar-Widget, "
+                               "#jp-main-statusbar')?.innerText || document.body.innerText)", timeout=120_000)
+        cells = page.locator(".jp-NotebookPanel .jp-Cell").count()
+        # run the first code cell, as a reader would (this makes the notebook dirty), then save
+        page.locator(".jp-NotebookPanel .jp-CodeCell").first.click()
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_function("() => /\\[1\\]/.test(document.querySelector('.jp-NotebookPanel .jp-CodeCell "
+                               ".jp-InputPrompt')?.innerText || '')", timeout=120_000)
+        mtime = path.stat().st_mtime_ns
+        page.keyboard.press("Control+s")
+        deadline = time.monotonic() + 60
+        while path.stat().st_mtime_ns == mtime and time.monotonic() < deadline:
+            time.sleep(0.2)
+        browser.close()
+    assert path.stat().st_mtime_ns != mtime, "Ctrl+S did not save the chapter"
+    assert cells > 5
+    after = path.read_bytes()
+    assert after == before, f"saving {name} from the JupyterLab UI rewrote it:\n" + "\n".join(
+        __import__("difflib").unified_diff(before.decode().splitlines(), after.decode().splitlines(),
+                                           lineterm="", n=0))
