@@ -15,7 +15,7 @@ import torch
 
 from ._util import (all_finite, as_float, check_admissible_sigma, check_alpha_bar, check_batched_float, check_float,
                     check_model_output, check_result_finite, check_same_shape, expand_to)
-from .prediction import check_defined, check_prediction, conversion_coefficients
+from .prediction import check_defined, check_prediction, conversion_coefficients, to_eps_x0
 from .schedule import NoiseSchedule
 from .timesteps import timesteps as make_timesteps
 
@@ -72,8 +72,6 @@ def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, a_t, a_prev, sigma,
     [0, 1) for "x0" ([0, 1] for "v"); a_prev in [0, 1] (a_prev = 0 is DDIM inversion's last step onto a
     zero-terminal-SNR schedule; a_prev = 1 the sampler's last step to x_0).
     """
-    from .prediction import to_eps_x0
-
     check_prediction(prediction)
     _check_pair(x_t, eps, "x_t", "eps")
     a = as_float(a_t)

@@ -423,3 +423,20 @@ def test_slerp_endpoints_and_norm():
     torch.testing.assert_close(slerp(e0, e1, 0.3), math.cos(0.15 * math.pi) * e0 + math.sin(0.15 * math.pi) * e1,
                                rtol=0, atol=1e-12)
     torch.testing.assert_close(slerp(z0, z0, 0.4), z0, rtol=0, atol=1e-12)   # parallel: linear fallback
+
+
+@settings(max_examples=100, deadline=None)
+@given(theta=st.floats(1e-5, math.pi - 1e-5), lam=st.floats(0, 1), d=st.integers(2, 6), seed=st.integers(0, 2**31 - 1))
+def test_slerp_walks_the_great_circle_property(theta, lam, d, seed):
+    """Unit z0, z1 at angle theta: slerp is a unit vector at angle lam theta from z0 and (1 - lam) theta
+    from z1, including close to pi (conditioning ~ eps / (pi - theta) <= 2e-11 here)."""
+    g = gen(seed)
+    u = torch.randn(1, d, generator=g, dtype=torch.float64)
+    u = u / u.norm()
+    w = torch.randn(1, d, generator=g, dtype=torch.float64)
+    w = w - (w * u).sum() * u
+    w = w / w.norm()
+    z1 = math.cos(theta) * u + math.sin(theta) * w
+    out = slerp(u, z1, lam)
+    torch.testing.assert_close(out, math.cos(lam * theta) * u + math.sin(lam * theta) * w, rtol=0, atol=1e-10)
+    assert abs(out.norm().item() - 1) < 1e-10
