@@ -316,6 +316,23 @@ for suffix, tmpname in ((".npy", ".s.npy.tmp"), (".png", ".s.png.tmp.png")):
         return Result(1 if ok else 0, "ddim: error: ok" if ok else r.err, r.traceback), True
 
 
+@case("writes through symlinks", "--out names a symlink to a file outside")
+def out_link(w, base):
+    (w / "s.png").symlink_to(outside(w))
+    r = cli(["sample", *PT, "--n", 8, "--steps", 3, "--out", w / "s.png"])
+    ok = r.code == 0 and untouched(w)                     # the link is replaced by the PNG, its target kept
+    return Result(1 if ok else 0, "ddim: error: ok" if ok else r.err, r.traceback), True
+
+
+@case("writes through symlinks", "evaluate --json names a symlink")
+def json_link(w, base):
+    (w / "r.json").symlink_to(outside(w))
+    samples = npy(w, "s.npy", np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
+    r = cli(["evaluate", "--samples", samples, "--data", "two_moons", "--n", 50, "--json", w / "r.json"])
+    ok = r.code == 0 and untouched(w)
+    return Result(1 if ok else 0, "ddim: error: ok" if ok else r.err, r.traceback), True
+
+
 # ---- class: trust boundary ------------------------------------------------------------------------------------
 class _Evil:
     def __init__(self, path):
