@@ -271,6 +271,11 @@ def test_every_page_in_headless_chromium(site, server):
             found += [f"broken link {b}" for b in _broken_local_links(site, url, server, hrefs)]
             if rel in chapter_pages and not any(h.endswith(f"_sources/{rel[:-5]}.ipynb") for h in hrefs):
                 found.append("no .ipynb download link")
+            if rel in chapter_pages or rel == "book/intro.html":   # the way in: where and how to install
+                box = page.locator(".way-in")
+                text = box.first.inner_text() if box.count() == 1 else ""
+                if "pip install" not in text or "ddim_lib" not in text:
+                    found.append("no 'Run this chapter yourself' box with the install commands")
             found += [f"JavaScript error: {e}" for e in errors]
             if found:
                 problems[rel] = found
