@@ -14,7 +14,8 @@ A training run directory ``out/`` holds ``step-<N>/`` checkpoint folders, ``log.
 every file and the folder, and makes it visible with ONE ``os.rename`` to ``step-<N>``; the previous
 folder is removed only afterwards. A kill at any point therefore leaves the old checkpoint or the new
 one, whole. Readers take the newest folder whose files match the hashes of its manifest
-(``find_checkpoint``); ``clean_run_dir`` removes what an interrupted save left behind.
+(``find_checkpoint``); ``clean_run_dir`` removes what an interrupted save left behind (both live in
+``ddim_lib.rundir``, with the ``RunLock`` that admits one writer per run directory).
 """
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .models import build_model
+from .rundir import (TMP_PREFIX, RunLock, _discard, _remove_tree, _step_dirs, clean_run_dir, find_checkpoint,
+                     has_checkpoint, step_dir_name)     # the run directory's side, re-exported here
 from .schedule import NoiseSchedule
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_training_state",
@@ -45,7 +46,6 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_traini
 FORMAT_VERSION = 1
 MODEL_FILE, RAW_FILE, OPTIMIZER_FILE, MANIFEST_FILE = ("model.safetensors", "raw.safetensors",
                                                        "optimizer.pt", "manifest.json")
-STEP_PREFIX, TMP_PREFIX, TRASH_PREFIX, LOCK_FILE = "step-", ".tmp-step-", ".trash-", ".lock"
 
 
 class CheckpointError(ValueError):
@@ -208,39 +208,6 @@ def _torch_save(state: dict, path: Path) -> None:
         raise OSError(errno.EIO, f"writing {path.name} failed: {str(exc).splitlines()[0]}") from None
 
 
-def step_dir_name(step: int) -> str:
-    """The folder name of checkpoint ``step`` inside a run directory: ``step-00000100``."""
-    return f"{STEP_PREFIX}{step:08d}"
-
-
-def _step_dirs(out: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every ``step-N`` folder in ``out``, newest first (nothing is verified)."""
-    found = []
-    try:
-        entries = list(out.iterdir())
-    except OSError:
-        return []
-    for p in entries:
-        tail = p.name[len(STEP_PREFIX):]
-        if p.name.startswith(STEP_PREFIX) and tail.isdigit() and p.is_dir() and not p.is_symlink():
-            found.append((int(tail), p))
-    return sorted(found, reverse=True)
-
-
-def _discard(path: Path) -> None:
-    """Rename ``path`` out of the way (one atomic step), then delete it."""
-    if path.is_symlink():
-        path.unlink()
-        return
-    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=TRASH_PREFIX))
-    os.rename(path, trash / path.name)
-    _remove_tree(trash)
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def _json_default(obj):
     if isinstance(obj, (tuple, set)):
         return list(obj)
@@ -259,14 +226,6 @@ def _as_dir(path) -> Path:
     return path
 
 
-def _manifest_step(directory: Path) -> int:
-    try:
-        step = json.loads((directory / MANIFEST_FILE).read_text()).get("step", 0)
-    except (OSError, ValueError, AttributeError):
-        return -1
-    return step if isinstance(step, int) and not isinstance(step, bool) else -1
-
-
 def verify_checkpoint(path, files: tuple[str, ...] | None = None) -> dict:
     """The validated manifest of the checkpoint folder ``path`` after checking the SHA-256 of its files.
 
@@ -278,77 +237,6 @@ def verify_checkpoint(path, files: tuple[str, ...] | None = None) -> dict:
     for name in (files if files is not None else tuple(manifest.get("files") or ())):
         _verified(directory, name, manifest)
     return manifest
-
-
-def find_checkpoint(path, files: tuple[str, ...] | None = None) -> Path:
-    """The folder of the newest complete checkpoint at ``path``.
-
-    ``path`` is a checkpoint folder (manifest.json and weights: shipped models, single step folders,
-    runs written before step folders existed) or a run directory holding ``step-N`` folders: then
-    the newest one whose files all match its manifest's hashes (``files``: the files it needs) is
-    taken; a damaged newer one is skipped with a note on stderr. CheckpointError when none is usable.
-    """
-    directory = _as_dir(path)
-    candidates = [d for _, d in _step_dirs(directory)]
-    if (directory / MANIFEST_FILE).is_file():
-        flat = _manifest_step(directory)
-        candidates = [d for d in candidates if _manifest_step(d) > flat] + [directory]
-    if not candidates:
-        raise CheckpointError(f"{directory / MANIFEST_FILE} is missing: not a checkpoint directory "
-                              "(and no step-N checkpoint folders in it)")
-    errors = []
-    for candidate in candidates:
-        try:
-            verify_checkpoint(candidate, files)
-        except CheckpointError as exc:
-            errors.append(exc)
-            continue
-        if errors:
-            print(f"ddim_lib: note: skipped {len(errors)} damaged checkpoint(s) in {directory} "
-                  f"({errors[0]}); using {candidate.name}", file=sys.stderr)
-        return candidate
-    raise errors[0] if len(errors) == 1 else CheckpointError(
-        f"no complete checkpoint in {directory}: {len(errors)} damaged ({errors[0]})")
-
-
-def has_checkpoint(path) -> bool:
-    """Whether the run directory ``path`` holds a checkpoint (complete or not)."""
-    path = Path(path)
-    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or bool(_step_dirs(path)))
-
-
-def clean_run_dir(out, keep: int = 1) -> list[str]:
-    """Remove what interrupted saves left in the run directory ``out``; return the names removed.
-
-    Temporary folders and files (``.tmp-step-*``, ``.trash-*``, ``.*.tmp`` of older versions) go, and
-    so do step folders older than the newest ``keep`` complete ones. Damaged step folders newer than
-    the newest complete one are left for the user to inspect (a save of the same step replaces them).
-    """
-    out = Path(out)
-    removed = []
-    if not out.is_dir():
-        return removed
-    for p in out.iterdir():
-        if p.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or (p.name.startswith(".") and p.name.endswith(".tmp")):
-            if p.is_dir() and not p.is_symlink():
-                _remove_tree(p)
-            else:
-                p.unlink(missing_ok=True)
-            removed.append(p.name)
-    complete = []
-    for step, d in _step_dirs(out):
-        try:
-            verify_checkpoint(d)
-        except CheckpointError:
-            if complete:                             # older and damaged: a partly deleted old folder
-                _discard(d)
-                removed.append(d.name)
-            continue
-        complete.append(d)
-        if len(complete) > keep:
-            _discard(d)
-            removed.append(d.name)
-    return removed
 
 
 _FIELD_TYPES = {"preset": (str,), "schedule": (dict,), "model_overrides": (dict, type(None)),
@@ -472,39 +360,3 @@ def load_training_state(path, *, model: nn.Module, ema_model: nn.Module,
         raise CheckpointError(f"{file} is corrupt or does not fit the optimizer "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return manifest, state
-
-
-# ---- one writer per run directory ------------------------------------------------------------------
-class RunLock:
-    """An exclusive ``fcntl.flock`` on ``out/.lock`` for as long as a training run writes to ``out``.
-
-    A second run on the same directory gets CheckpointError at once (it never waits). The lock dies
-    with the process, so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, out):
-        self.path = Path(out) / LOCK_FILE
-        self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as exc:
-            raise CheckpointError(f"cannot open the lock file {self.path} ({exc.strerror or exc}); "
-                                  "is it a symlink?") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise CheckpointError(f"another training run is writing to {self.path.parent} (it holds "
-                                  f"{self.path}); wait for it to finish or choose another --out") from None
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)          # closing releases the flock
-            self._fd = None
