@@ -93,9 +93,7 @@ GRADES ?= build/grades/$(ASSIGNMENT).csv
 grade:
 	@test -n "$(ASSIGNMENT)" -a -n "$(SUBMISSIONS)" || \
 	  { echo "usage: make grade ASSIGNMENT=name SUBMISSIONS=dir [GRADES=out.csv]" >&2; exit 2; }
-	$(BIN)/python tools/build_assignments.py grade \
-	  "$$(ls $(ASSIGNMENTS_BUILD)/$(ASSIGNMENT)/autograder/*-autograder_*.zip 2>/dev/null | tail -n 1)" \
-	  "$(SUBMISSIONS)" "$(GRADES)"
+	$(BIN)/python tools/build_assignments.py grade "$(ASSIGNMENTS_BUILD)/$(ASSIGNMENT)" "$(SUBMISSIONS)" "$(GRADES)"
 
 # Benchmarks against the peers: a table on stdout and build/bench/results.json (see benchmarks/README.md).
 # diffusers is the benchmark-only extra, installed here when missing; the chapters and the whole book

@@ -2,7 +2,7 @@
 
 Usage:
   python tools/build_assignments.py SRC_DIR OUT_DIR [NAME ...] [--no-run-tests]
-  python tools/build_assignments.py grade ZIP SUBMISSIONS_DIR OUT.csv
+  python tools/build_assignments.py grade ZIP_OR_BUILT_FOLDER SUBMISSIONS_DIR OUT.csv
 
 Build: each assignment is a folder SRC_DIR/NAME holding its master notebook NAME.md (jupytext MyST,
 in otter-grader 7's master format, with the solutions). ddim_lib is built once as a wheel
@@ -225,11 +225,14 @@ def _question_key(q: str):
 
 def _grade_main(args: list[str]) -> int:
     if len(args) != 3:
-        print("usage: build_assignments.py grade ZIP SUBMISSIONS_DIR OUT.csv", file=sys.stderr)
+        print("usage: build_assignments.py grade ZIP_OR_BUILT_FOLDER SUBMISSIONS_DIR OUT.csv", file=sys.stderr)
         return 2
     zip_path, submissions, csv_path = Path(args[0]), Path(args[1]), Path(args[2])
+    if zip_path.is_dir():   # a built assignment folder OUT/NAME: its newest autograder zip
+        zips = sorted((zip_path / "autograder").glob("*-autograder_*.zip"))
+        zip_path = zips[-1] if zips else zip_path / "autograder" / "NAME-autograder_*.zip"
     if not zip_path.is_file():
-        print(f"error: no autograder zip '{args[0]}' (build it with `make assignments`)", file=sys.stderr)
+        print(f"error: no autograder zip {zip_path} (build it with `make assignments`)", file=sys.stderr)
         return 2
     if not submissions.is_dir() or not list(submissions.glob("*.ipynb")):
         print(f"error: {submissions} is not a folder of .ipynb submissions", file=sys.stderr)
