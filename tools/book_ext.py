@@ -89,7 +89,9 @@ def _anchor_cells(app, doctree) -> None:
     for node in doctree.findall(nodes.container):
         if node.get("nb_element") == "cell_code" and node.get("cell_index") in wanted:
             for cid, anchor in wanted.pop(node["cell_index"]):
-                node["ids"].append(anchor)
+                # a target inside the cell: an HTML anchor, and a \\label in the PDF (a container's
+                # own ids are not written by the LaTeX builder)
+                node.insert(0, nodes.target("", "", ids=[anchor]))
                 std.labels[anchor] = (env.docname, anchor, f"{title}: claim {cid}")
                 std.anonlabels[anchor] = (env.docname, anchor)
     for pairs in wanted.values():  # a removed cell (tag remove-cell): link to the page itself
