@@ -79,6 +79,19 @@ def argv_is_cli() -> bool:
     return Path(sys.argv[0]).name == "table1_digits.py"
 
 
+def public_args(argv: list) -> list:
+    """The command line without the values of --out and --work (machine paths stay out of the results)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--work"):
+            skip = True
+        elif not a.startswith(("--out=", "--work=")):
+            out.append(a)
+    return out
+
+
 def git_commit() -> str:
     """HEAD's hash, with "+dirty" when tracked files differ from it."""
     try:
@@ -97,7 +110,7 @@ def generate(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     model, schedule = dl.load_pretrained("digits")
     # One record per generate run, in its own file (several processes may run at once).
-    record = {"command": "python scripts/table1_digits.py " + " ".join(sys.argv[1:] if argv_is_cli() else []),
+    record = {"command": "python scripts/table1_digits.py " + " ".join(public_args(sys.argv[1:] if argv_is_cli() else [])),
               "commit": git_commit(), "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "threads": args.threads, "torch": torch.__version__}
     (work / f"run_{time.time_ns()}_{os.getpid()}.json").write_text(json.dumps(record))
@@ -183,7 +196,8 @@ def pair(v) -> list:
 
 def joint_fd(feats: dict, ref, n: int, n_boot: int, rng) -> tuple[dict, dict]:
     """FD of each cell's first n rows, and its bootstrap replicates with the SAME row indices in every
-    cell (the cells share their latents), so differences between cells get paired errors."""
+    cell (the cells share their latents), so differences between cells get paired errors. Cells are
+    grouped by column kind and n, so every cell is measured at its full n."""
     keys = list(feats)
     values = {k: ref(feats[k][:n]) for k in keys}
     boot = {k: np.empty(n_boot) for k in keys}
@@ -228,11 +242,19 @@ def analyse(args) -> None:
         row, spacing, S = key.split("|")
         return row, spacing, int(S)
 
+    # Per-cell measures depend only on the cell's samples: cached by (cell, n, chunk digest), so that
+    # analysing a grown grid re-measures only the cells that changed.
+    cache_file = work / "measures_cache.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     out_cells = {}
     for key, c in cells.items():
         row, spacing, S = parse(key)
+        tag = f"{key}|{c['n']}|{hashlib.sha1(c['raw'].numpy().tobytes()).hexdigest()[:16]}|{PR_K}|{kid_scale:.12g}"
+        if tag in cache:
+            out_cells[key] = dict(cache[tag])
+            continue
         kid_v = metrics.kid(feats[key] / kid_scale, real_k)
-        pr = metrics.precision_recall(real_feats, feats[key], k=PR_K)
+        pr = metrics.precision_recall(real_feats, feats[key], k=PR_K, blocks=10)
         nn = metrics.nearest_neighbour_distances(c["samples"], real_flat)
         q = metrics.quantiles_with_se(nn, QS, rng=rng)
         out_cells[key] = {
@@ -250,13 +272,15 @@ def analyse(args) -> None:
                        "kid": pair(metrics.kid(feats[key][:CHUNK] / kid_scale, real_k)),
                        "precision": metrics.precision_recall(real_feats, feats[key][:CHUNK], k=PR_K, blocks=2)["precision"]},
         }
+        cache[tag] = out_cells[key]
+        cache_file.write_text(json.dumps(cache))
         print(f"measured {key} (n = {c['n']})", flush=True)
 
     # Frechet distances: one joint bootstrap per group of cells with a common n (paired errors).
     groups: dict = {}
     for key in cells:
         row, spacing, S = parse(key)
-        groups.setdefault("t1000" if S == 1000 else spacing, []).append(key)
+        groups.setdefault(("t1000" if S == 1000 else spacing, cells[key]["n"]), []).append(key)
     comparisons = []
     boots = {}
     for gname, keys in groups.items():
@@ -270,9 +294,9 @@ def analyse(args) -> None:
     def compare(ka, kb, what):
         """FD and KID of cell a minus cell b on their common first n rows, paired errors."""
         n = min(cells[ka]["n"], cells[kb]["n"])
-        ga = "t1000" if parse(ka)[2] == 1000 else parse(ka)[1]
-        gb = "t1000" if parse(kb)[2] == 1000 else parse(kb)[1]
-        if ga == gb and boots[ga][0] == n:
+        ga = ("t1000" if parse(ka)[2] == 1000 else parse(ka)[1], cells[ka]["n"])
+        gb = ("t1000" if parse(kb)[2] == 1000 else parse(kb)[1], cells[kb]["n"])
+        if ga == gb:
             _, values, boot = boots[ga]
             fd = (values[ka] - values[kb], float((boot[ka] - boot[kb]).std(ddof=1)))
         else:
@@ -341,7 +365,7 @@ def analyse(args) -> None:
     manifest = {
         "script": "scripts/table1_digits.py",
         "generate_runs": runs,
-        "analyse_command": "python scripts/table1_digits.py analyse " + " ".join(sys.argv[2:] if argv_is_cli() else []),
+        "analyse_command": "python scripts/table1_digits.py analyse " + " ".join(public_args(sys.argv[2:] if argv_is_cli() else [])),
         "analyse_commit": git_commit(),
         "analysed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seeds": {"latent_seed": LATENT_SEED, "noise_seed": NOISE_SEED, "chunk": CHUNK,
