@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .models import build_model
-from .rundir import (TMP_PREFIX, RunLock, _discard, _remove_tree, _step_dirs, clean_run_dir, find_checkpoint,
-                     has_checkpoint, step_dir_name)     # the run directory's side, re-exported here
+from .rundir import (TMP_PREFIX, RunLock, _discard, _remove_tree, _set_aside, _step_dirs, clean_run_dir,
+                     find_checkpoint, has_checkpoint, step_dir_name)     # the run directory's side, re-exported here
 from .schedule import NoiseSchedule
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_training_state",
@@ -161,6 +161,7 @@ def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
                  "step": int(step), **(extra_state or {})}
         writers[OPTIMIZER_FILE] = functools.partial(_torch_save, state)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
+    final, aside = out / step_dir_name(step), None
     try:
         files = {}
         for name, write in writers.items():
@@ -177,17 +178,21 @@ def save_checkpoint(out_dir, *, model: nn.Module, step: int, manifest: dict,
             f.write(text)
         _fsync(tmp / MANIFEST_FILE)
         _fsync(tmp)
-        final = out / step_dir_name(step)
-        if final.is_symlink() or final.exists():   # a damaged folder of the same step (never a good one)
-            _discard(final)
+        if final.is_symlink() or final.exists():   # the same step again: set the old one aside first
+            aside = _set_aside(final)
         os.rename(tmp, final)                       # the commit point
     except BaseException as exc:
         _remove_tree(tmp)
+        if aside is not None and not final.exists():      # put the old folder back
+            os.rename(aside / final.name, final)
+            _remove_tree(aside)
         if isinstance(exc, OSError):
             raise OSError(f"could not write checkpoint step {step} into {out} ({exc.strerror or exc}); "
                           "nothing of it was kept, and the previous checkpoint is untouched") from None
         raise
     _fsync(out)
+    if aside is not None:
+        _remove_tree(aside)
     for old in _step_dirs(out)[keep:]:               # superseded: the new one is whole
         if old[0] < step:
             _discard(old[1])

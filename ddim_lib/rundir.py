@@ -42,14 +42,33 @@ def _step_dirs(out: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+def _trashed_step_dirs(out: Path) -> list[tuple[int, Path]]:
+    """Step folders inside ``.trash-*`` folders: renamed aside by ``_discard`` but not yet deleted."""
+    found = []
+    for t in out.glob(TRASH_PREFIX + "*"):
+        if t.is_dir() and not t.is_symlink():
+            found += _step_dirs(t)
+    return sorted(found, reverse=True)
+
+
 def _discard(path: Path) -> None:
-    """Rename ``path`` out of the way (one atomic step), then delete it."""
+    """Rename ``path`` out of the way (one atomic step), then delete it.
+
+    Until it is deleted it lies in ``.trash-*/``, where ``find_checkpoint`` still finds it (last) and
+    ``clean_run_dir`` restores it if the run has no complete checkpoint of that name."""
+    trash = _set_aside(path)
+    if trash is not None:
+        _remove_tree(trash)
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename ``path`` into a fresh ``.trash-*`` folder and return that folder (a symlink is just removed)."""
     if path.is_symlink():
         path.unlink()
-        return
+        return None
     trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=TRASH_PREFIX))
     os.rename(path, trash / path.name)
-    _remove_tree(trash)
+    return trash
 
 
 def _remove_tree(path: Path) -> None:
@@ -90,6 +109,7 @@ def find_checkpoint(path, files: tuple[str, ...] | None = None) -> Path:
     if (directory / MANIFEST_FILE).is_file():
         flat = _manifest_step(directory)
         candidates = [d for d in candidates if _manifest_step(d) > flat] + [directory]
+    candidates += [d for _, d in _trashed_step_dirs(directory)]     # a kill between two renames
     if not candidates:
         raise CheckpointError(f"{directory / MANIFEST_FILE} is missing: not a checkpoint directory "
                               "(and no step-N checkpoint folders in it)")
@@ -111,13 +131,14 @@ def find_checkpoint(path, files: tuple[str, ...] | None = None) -> Path:
 def has_checkpoint(path) -> bool:
     """Whether the run directory ``path`` holds a checkpoint (complete or not)."""
     path = Path(path)
-    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or bool(_step_dirs(path)))
+    return path.is_dir() and ((path / MANIFEST_FILE).is_file() or bool(_step_dirs(path) or _trashed_step_dirs(path)))
 
 
 def clean_run_dir(out, keep: int = 1) -> list[str]:
     """Remove what interrupted saves left in the run directory ``out``; return the names removed.
 
-    Temporary folders and files (``.tmp-step-*``, ``.trash-*``, ``.*.tmp`` of older versions) go, and
+    Complete step folders found in ``.trash-*`` under a name the run lacks are first moved back; then
+    temporary folders and files (``.tmp-step-*``, ``.trash-*``, ``.*.tmp`` of older versions) go, and
     so do step folders older than the newest ``keep`` complete ones. Damaged step folders newer than
     the newest complete one are left for the user to inspect (a save of the same step replaces them).
     """
@@ -127,6 +148,13 @@ def clean_run_dir(out, keep: int = 1) -> list[str]:
     removed = []
     if not out.is_dir():
         return removed
+    for _, d in _trashed_step_dirs(out):            # renamed aside, then the process died: put it back
+        if not (out / d.name).exists():
+            try:
+                verify_checkpoint(d)
+            except CheckpointError:
+                continue
+            os.rename(d, out / d.name)
     for p in out.iterdir():
         if p.name.startswith((TMP_PREFIX, TRASH_PREFIX)) or (p.name.startswith(".") and p.name.endswith(".tmp")):
             if p.is_dir() and not p.is_symlink():

@@ -182,6 +182,21 @@ def test_leftovers_of_interrupted_saves_are_removed(saved):
     assert sorted(p.name for p in run.iterdir()) == [directory.name]
 
 
+def test_a_checkpoint_renamed_aside_is_still_found_and_restored(saved):
+    """Saving a step that exists renames the old folder into .trash-*/ before the new one moves in: a
+    kill between the two renames must not lose it."""
+    directory, model, ema, optimizer = saved
+    run = directory.parent
+    aside = run / ".trash-x1"
+    aside.mkdir()
+    directory.rename(aside / directory.name)                 # the state after the first rename
+    assert ckpt.has_checkpoint(run) and load_checkpoint(run)[2]["step"] == 7
+    ckpt.clean_run_dir(run)
+    assert sorted(p.name for p in run.iterdir()) == [directory.name] and load_checkpoint(run)[2]["step"] == 7
+    new = save(run, model, ema, optimizer, step=7)           # the same step again: replaced whole
+    assert sorted(p.name for p in run.iterdir()) == [new.name]
+
+
 def test_non_finite_weights_are_never_saved_nor_loaded(saved, tmp_path):
     directory, model, ema, optimizer = saved
     with torch.no_grad():

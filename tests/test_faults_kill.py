@@ -172,3 +172,45 @@ def test_ctrl_c_at_every_file_operation_of_a_save(runs, tmp_path, monkeypatch):
             break
     else:
         pytest.fail("the save never completed")
+
+
+def test_sigkill_at_every_file_operation_of_a_same_step_save(runs, tmp_path, monkeypatch):
+    """Saving a step that already exists (the library allows it): the old folder is renamed aside
+    before the new one moves in; a kill anywhere leaves the old weights or the new ones, whole."""
+    ten, _ = runs
+    old = state(ten)
+    model = ckpt.load_checkpoint(ten, ema=False)[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)                                              # new weights, same step
+    manifest = ckpt.read_manifest(ckpt.find_checkpoint(ten))
+    kills = 0
+    for k in range(1, 200):
+        out = tmp_path / f"k{k}"
+        shutil.copytree(ten, out)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                Injector(k, "kill").install(monkeypatch)
+                ckpt.save_checkpoint(out, model=model, step=10, manifest=manifest)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        monkeypatch.undo()
+        folder = ckpt.find_checkpoint(out)
+        ckpt.verify_checkpoint(folder)
+        weights = safetensors.torch.load_file(folder / ckpt.MODEL_FILE)
+        is_old = all(torch.equal(weights[k_], old[f"{ckpt.MODEL_FILE}:{k_}"]) for k_ in weights)
+        is_new = all(torch.equal(weights[k_], v) for k_, v in model.state_dict().items())
+        assert is_old or is_new, f"k = {k}: neither the old nor the new checkpoint"
+        ckpt.clean_run_dir(out)
+        assert [p.name for p in out.iterdir() if p.name.startswith(".tmp") or p.name.startswith(".trash")] == []
+        if os.WIFEXITED(status):
+            assert os.WEXITSTATUS(status) == 0 and is_new
+            break
+        kills += 1
+    else:
+        pytest.fail("the save never completed")
+    assert kills >= 15
