@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip's "Location ... is ignored" lines come from this machine's registry mirror config: drop them.
 QUIET := sed -u '/is ignored: it is neither/d'
 
-.PHONY: test book pdf pdf-if-tex nbval site-assets assignments grade bench lab venv clean
+.PHONY: test book pdf pdf-if-tex nbval site-assets assignments grade bench lab venv clean gpu-check
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ $(STAMP): pyproject.toml
 # every claim's check ran) instead of executing the chapters again.
 test: $(STAMP) book pdf-if-tex
 	$(BIN)/python -m pytest tests --durations=15
+
+# GPU readiness (CUDA-only tests, training benchmark on the GPU; needs a CUDA build of torch).
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh
 
 # An independent second execution of every chapter by nbval (not part of `make test`).
 nbval: $(STAMP)
