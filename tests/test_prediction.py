@@ -260,3 +260,16 @@ def test_encode_onto_zero_terminal_snr_ends_at_the_eps_prediction(mix2d, linear1
     for p in PREDICTIONS:
         got = encode(OracleEps(mix2d, z, p), x0, z, tau, prediction=p)
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("kwargs", [dict(eta=1.0), dict(variance="sigma_hat"), dict(eta=0.3, clip_x0=True)])
+def test_stochastic_samplers_from_zero_terminal_snr(mix2d, linear1000, kwargs):
+    """From abar = 0 the first step's sigma is eta sqrt(1 - abar') (eq. 16) or 1 (sigma_hat: beta = 1):
+    finite, and the v and x0 models draw the same samples from the same noise."""
+    z = linear1000.rescale_zero_terminal_snr()
+    x_T = torch.randn(16, 2, generator=gen(18), dtype=torch.float64)
+    tau = timesteps(1000, 20, "trailing")
+    v, x0 = (sample(OracleEps(mix2d, z, p), x_T, z, tau, generator=gen(19), prediction=p, **kwargs)
+             for p in ("v", "x0"))
+    assert torch.isfinite(v).all()
+    torch.testing.assert_close(v, x0, rtol=0, atol=ATOL)
