@@ -207,9 +207,12 @@ def per_t_error(model, reference, law: GaussianMixture, schedule: NoiseSchedule,
 # ---- the laws of chapter 6 ---------------------------------------------------------------------
 def table1_laws() -> dict[str, GaussianMixture]:
     """Chapter 6's two exact laws: "ring" (8 components on a circle of radius 2, std 0.1, d = 2) and
-    "cube" (4 corners of [-0.8, 0.8]^16 drawn with seed 6, weights 0.4/0.3/0.2/0.1, std 0.1)."""
+    "cube" (4 corners of [-0.8, 0.8]^16 drawn with seed 6, weights 0.4/0.3/0.2/0.1, std 0.1), in float64."""
     gen = torch.Generator().manual_seed(6)
-    corners = torch.where(torch.rand(4, 16, generator=gen, dtype=torch.float64) < 0.5, -0.8, 0.8)
+    # The corners are +-0.8 rounded to float32 (0.800000011920929), as the shipped grid was computed; an
+    # explicit value keeps the law the same whatever torch's default dtype is.
+    corner = float(torch.tensor(0.8, dtype=torch.float32))
+    corners = torch.where(torch.rand(4, 16, generator=gen, dtype=torch.float64) < 0.5, -corner, corner).to(torch.float64)
     return {"ring": GaussianMixture.ring(k=8, radius=2.0, std=0.1),
             "cube": GaussianMixture(corners, 0.1, [0.4, 0.3, 0.2, 0.1])}
 

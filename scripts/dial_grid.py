@@ -67,17 +67,38 @@ def source_hash() -> str:
 
 
 def merge(out: Path, others: list[Path]):
-    """Fold the cells of other results files into ``out`` (cells already there win); sum CPU seconds."""
+    """Fold the cells (and the UNet's error) of other results files into ``out``; cells already there
+    win. The manifest lists every contributing command and commit; its CPU time is the sum over the
+    shipped cells plus the UNet measurement (work repeated by interrupted runs is not counted)."""
     data = json.loads(out.read_text())
+    m = data["manifest"]
+    commands = set(m.get("commands", []) + ([m["command"] + f"  [--out {out.name}]"] if "command" in m else []))
+    commits = {m.get("commit", "unknown")}
+    unet_cpu = 0.0
     for other in others:
         extra = json.loads(other.read_text())
         for k, cell in extra["cells"].items():
             data["cells"].setdefault(k, cell)
-        m, e = data["manifest"], extra["manifest"]
-        m["cpu_seconds"] += e.get("cpu_seconds", 0.0)
-        m["commands"] = sorted(set(m.get("commands", []) + e.get("commands", [])))
-        m.setdefault("commits", sorted({m.get("commit", "")}))
-        m["commits"] = sorted(set(m["commits"]) | {e.get("commit", "")})
+        if "unet_error" in extra and "unet_error" not in data:
+            data["unet_error"] = extra["unet_error"]
+            unet_cpu = extra["manifest"].get("cpu_seconds", 0.0) - sum(c["cpu_seconds"] for c in extra["cells"].values())
+        commands |= {c + f"  [--out {other.name}, folded in]" for c in extra["manifest"].get("commands", [])}
+        commits.add(extra["manifest"].get("commit", "unknown"))
+    groups = {}
+    for cell in data["cells"].values():
+        groups.setdefault((cell["law"], cell["c"], cell["S"]), set()).add(cell["n"])
+    mixed = {g: n for g, n in groups.items() if len(n) > 1}
+    if mixed:
+        raise ValueError(f"cells of one (law, c, S) differ in n, so they are not paired: {mixed}")
+    m.pop("command", None)
+    m.pop("chunks", None)
+    m.update({"commands": sorted(commands), "commits": sorted(commits),
+              "n": "per cell (cells[...]['n']); the jackknife groups are the chunks",
+              "chunk_size": {str(S): chunk_plan(S)[0] for S in STEPS + (1000,)},
+              "cpu_seconds": sum(c["cpu_seconds"] for c in data["cells"].values()) + unet_cpu,
+              "note": "run as several resumable processes in parallel on a shared 2-core machine "
+                      "(nice 10); wall time is not meaningful there, CPU time is per process"})
+    m.setdefault("commit", sorted(commits)[0])
     out.write_text(json.dumps(data, indent=1))
     print(f"{len(data['cells'])} cells in {out.name}")
 
@@ -89,6 +110,8 @@ def main():
     parser.add_argument("--chunks", type=int, default=None,
                         help="chunks per cell for S <= 100 (default: grid_chunks(S); chunk k is the same whatever the count)")
     parser.add_argument("--chunks-1000", type=int, default=None, help="chunks per cell for S = 1000")
+    parser.add_argument("--steps", type=int, nargs="*", default=None, help="only these S")
+    parser.add_argument("--laws", nargs="*", default=None, help="only these laws (ring, cube)")
     parser.add_argument("--no-unet", action="store_true", help="skip the digits UNet's per-t error")
     parser.add_argument("--merge", nargs="*", default=[],
                         help="fold finished results files (run in parallel with other --c) into --out, then stop")
@@ -121,13 +144,18 @@ def main():
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(out)
 
+    priority = ["eta = 0.0", "eta = 1.0", "eta = 0.5", "eta = 0.2", "sigma_hat"]   # the flip needs the first two
+    assert sorted(priority) == sorted(SAMPLERS)
     for c in args.c:
         for name, mixture in table1_laws().items():
+            if args.laws and name not in args.laws:
+                continue
             ell = bandwidth(mixture)
             model = DialledEps(mixture, schedule, c)
-            for S in STEPS + ((1000,) if c == 0 else ()):
-                todo = [s for s in SAMPLERS if key(name, c, S, s) not in cells]
-                for sampler in todo:
+            for sampler in priority:
+                for S in STEPS + ((1000,) if c == 0 else ()):
+                    if key(name, c, S, sampler) in cells or (args.steps and S not in args.steps):
+                        continue
                     start, wall = time.process_time(), time.perf_counter()
                     chunks = (args.chunks_1000 if S == 1000 else args.chunks) or chunk_plan(S)[1]
                     x = run_cell(model, name, mixture, schedule, S, sampler, chunks=chunks)
@@ -140,7 +168,6 @@ def main():
                     manifest["cpu_seconds"] += cpu
                     print(f"{key(name, c, S, sampler)}: {1e3 * value:.4f} x 1e-3 ({cpu:.0f} s cpu, "
                           f"{time.perf_counter() - wall:.0f} s wall)", flush=True)
-                if todo:
                     save()
     if "unet_error" not in data and not args.no_unet:
         start = time.process_time()

@@ -195,3 +195,21 @@ def test_bad_input():
         mmd2(law.sample(40), law, 0.0)
     with pytest.raises(ValueError, match="groups"):
         mmd2(law.sample(10), law, 0.5, groups=10)
+
+
+def test_shipped_grid_is_this_codes():
+    """results/dial_grid.json: manifest complete; one c > 0 cell's first chunk regenerated matches its
+    fingerprint and its own MMD^2 to round-off, and lies within 4 chunk-level s.d. of the cell's value."""
+    grid = load_grid()
+    m = grid["manifest"]
+    for field in ("commands", "commit", "seeds", "cpu_seconds", "machine", "chunk_size"):
+        assert field in m, field
+    assert {"kernel_std", "n", "per_t"} <= set(grid["unet_error"])
+    laws = table1_laws()
+    cell = grid["cells"][grid_key("cube", 0.1, 10, "eta = 1.0")]
+    model = DialledEps(laws["cube"], SCHEDULE, 0.1)
+    x = grid_samples(model, "cube", laws["cube"], SCHEDULE, 10, "eta = 1.0", chunks=1)
+    np.testing.assert_allclose(fingerprint(x), cell["fingerprint"], rtol=1e-9)
+    own = mmd2(x, laws["cube"], bandwidth(laws["cube"]), groups=4)[0]
+    np.testing.assert_allclose(own, cell["within"][0], rtol=1e-9)
+    assert abs(own - cell["value"]) < 4 * np.std(cell["within"], ddof=1)
