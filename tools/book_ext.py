@@ -233,11 +233,9 @@ def _insert_way_in(app, docname: str, source: list[str]) -> None:
     """source-read: after the H1 of the landing page and of every chapter, the way-in box.
 
     Inserted into the page's first markdown cell, so the executed notebook offered for download
-    carries it too (cell indices, and jupyter-cache's hash of the code, do not change). Not in
-    the PDF, which says it once, in its introduction.
+    carries it too (cell indices, and jupyter-cache's hash of the code, do not change). The PDF
+    has it too (it shares the site's doctrees): a printed chapter says where to get it running.
     """
-    if app.builder.format != "html":
-        return
     if docname != "book/intro" and not Path(app.srcdir, docname).match(CHAPTER_GLOB[:-3]):
         return
     m = WAY_IN_RE.search(source[0])
