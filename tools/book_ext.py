@@ -269,7 +269,20 @@ def _add_static(app, config) -> None:
         config.html_static_path.append(static)
 
 
+def _pdf_hides_hidden_inputs(app, doctree, docname) -> None:
+    """doctree-resolved: in the PDF, drop the code of cells tagged hide-input (plotting and
+    bookkeeping); the site shows it behind a toggle, paper cannot."""
+    if app.builder.format != "latex":
+        return
+    for node in list(doctree.findall(nodes.container)):
+        if node.get("nb_element") == "cell_code" and "tag_hide-input" in node.get("classes", []):
+            for child in list(node.children):
+                if isinstance(child, nodes.Element) and child.get("nb_element") == "cell_code_source":
+                    node.remove(child)
+
+
 def setup(app):
+    app.connect("doctree-resolved", _pdf_hides_hidden_inputs)
     app.connect("config-inited", _add_static)
     app.add_css_file("book.css")
     # MathJax on every page, not only on pages with equations: the sidebar shows chapter titles
