@@ -213,3 +213,18 @@ def test_shipped_grid_is_this_codes():
     own = mmd2(x, laws["cube"], bandwidth(laws["cube"]), groups=4)[0]
     np.testing.assert_allclose(own, cell["within"][0], rtol=1e-9)
     assert abs(own - cell["value"]) < 4 * np.std(cell["within"], ddof=1)
+
+
+def test_shipped_interpolation_scores_are_this_codes():
+    """results/dial_interp.json: the first pair's decoded interpolants, regenerated, score as shipped."""
+    data = load_interpolation()
+    m = data["manifest"]
+    assert m["pairs"] >= 48 and {"command", "commit", "seeds", "cpu_seconds", "machine"} <= set(m)
+    unet, schedule = dl.load_pretrained("digits")
+    paths = interpolation_latents(m["pairs"], m["lambdas"])
+    for kind in ("slerp", "lerp"):
+        images = dl.sample(unet, paths[kind][:, :1].reshape(-1, 1, 8, 8).float(), schedule, 50)
+        live = plausibility(images, dl.load_dataset("digits"))
+        for measure in ("confidence", "nn"):
+            shipped = np.array(data["scores"][kind][measure])[:, 0]
+            np.testing.assert_allclose(live[measure], shipped, atol=1e-4)
