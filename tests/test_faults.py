@@ -256,7 +256,7 @@ def ctrl_c(delay):
     return fn
 
 
-for delay in (0.3, 0.6):
+for delay in (0.3, 0.6, 0.9, 1.2):
     CASES.append(Case("tracebacks / unclear messages", f"Ctrl-C {delay} s into the torch import", ctrl_c(delay), "interrupted"))
 
 # ---- class: resume with changed hyper-parameters / past the target ------------------------------------

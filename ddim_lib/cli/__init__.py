@@ -325,7 +325,11 @@ def _add_train_options(parser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ddim`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    from .._cli_interrupt import interrupted
     parser = build_parser()
+    if interrupted():                    # a Ctrl-C during the imports that some library swallowed
+        print("ddim: interrupted", file=sys.stderr)
+        return 130
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = parser.parse_args(argv)
@@ -341,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # CheckpointError is a ValueError; FileNotFoundError an OSError
         if os.environ.get("DDIM_DEBUG"):
             raise
+        if interrupted():                # an error that a Ctrl-C caused (e.g. inside an import)
+            print("ddim: interrupted", file=sys.stderr)
+            return 130
         message = " ".join(str(err).split()) or type(err).__name__
         if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
                 isinstance(err, RuntimeError) and "memory" in message.lower()):
