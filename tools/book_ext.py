@@ -1,12 +1,19 @@
-"""Sphinx extension for the book: the claims-ledger table, anchors on checking cells, .ipynb downloads.
+"""Sphinx extension for the book: the claims ledger, anchors on checking cells, the way in, downloads.
 
-- ``claims-ledger`` directive: a table of every claim in CLAIMS.md with links to the notebook cells
-  that check it. A checking cell is a code cell of ``notebooks/NN_*.md`` tagged ``claim-XX`` or whose
-  first line is ``# claim: XX`` (comma-separated IDs allowed): the rules of tests/test_ledger.py.
-- Each checking cell gets the HTML anchor ``claim-xx`` (then ``claim-xx-2``, ... for further cells),
-  registered as a Sphinx label, so a broken link fails the ``-W`` build.
+- ``claims-ledger`` directive: every claim of CLAIMS.md (ID | Claim | Paper | Chapter | check |
+  Status) as a block, its statement typeset (MyST with $...$), its status, and links to the
+  notebook cells that check it. A checking cell is a code cell of ``notebooks/NN_*.md`` tagged
+  ``claim-XX`` or whose first line is ``# claim: XX`` (comma-separated IDs allowed): the rules of
+  tests/test_ledger.py.
+- Each checking cell gets the anchor ``claim-xx`` (then ``claim-xx-2``, ...), a target inside the
+  cell registered as a Sphinx label, so a broken link fails the ``-W`` build (and the PDF has it).
+- The landing page and every chapter get a "Run this chapter yourself" box after the title: where
+  the repository is and the install commands (``way_in``); it travels into the .ipynb download.
 - Every chapter page offers its notebook as ``.ipynb`` (the executed copy) in the download menu.
-- MathJax is loaded on every page (chapter titles in the sidebar contain mathematics).
+- MathJax is loaded on every page (chapter titles in the sidebar contain mathematics); page titles
+  used where MathJax does not run (print heading, <title>) get their TeX made plain text.
+- tools/book_static/book.css: the ledger's layout, shell code that wraps instead of being cut off.
+- In the PDF, cells tagged ``hide-input`` print without their code.
 """
 from __future__ import annotations
 
