@@ -35,7 +35,7 @@ from ddim_lib.dpm_solver import dpm_solver_pp_2m, logsnr_timesteps, mixture_ode_
 
 MIXTURES = {"ring8 (std 0.3)": dict(k=8, radius=2.0, std=0.3), "ring8 (std 0.1)": dict(k=8, radius=2.0, std=0.1)}
 S_ORACLE = [5, 6, 7, 8, 10, 12, 15, 20, 25, 30, 40, 50]
-S_DIGITS = [5, 10, 15, 20]
+S_DIGITS = [5, 6, 8, 10, 15, 20]
 S_DIGITS_LOGSNR = [10, 15, 20]
 T_START = 999
 
@@ -107,7 +107,7 @@ def digits_part(n: int, s_grid: list[int], seed: int = 2, n_boot: int = 200) -> 
         feats, cpu = run(lambda x: dpm_solver_pp_2m(model, x, schedule, S))
         cells[f"dpm-{S}"] = feats
         rows.append({"method": "dpm++2m", "spacing": "uniform", "S": S, "nfe": S, "cpu_s": cpu})
-    for S in (10,):
+    for S in (10, 20):
         feats, cpu = run(lambda x: sample(model, x, schedule, S))
         cells[f"ddim-{S}"] = feats
         rows.append({"method": "ddim", "spacing": "uniform", "S": S, "nfe": S, "cpu_s": cpu})
@@ -122,7 +122,16 @@ def digits_part(n: int, s_grid: list[int], seed: int = 2, n_boot: int = 200) -> 
         rows.append({"method": "dpm++2m", "spacing": "logsnr", "S": S, "nfe": len(tau), "cpu_s": cpu})
 
     np.savez("/tmp/dpm_compare_digits_features.npz", real=real, **cells)     # in case the statistics fail
-    return {**digits_statistics(real, cells, rows, n_boot), "n": n, "seed": seed}
+    return {**digits_statistics(real, cells, rows, n_boot), "n": n, "seed": seed, "weights_sha256": weights_sha256()}
+
+
+def weights_sha256() -> dict:
+    """SHA-256 of the shipped weights measured here: the digits UNet and the digits classifier."""
+    import hashlib
+
+    root = ROOT / "ddim_lib" / "pretrained"
+    return {f"{d}/model.safetensors": hashlib.sha256((root / d / "model.safetensors").read_bytes()).hexdigest()
+            for d in ("digits", "digits_classifier")}
 
 
 def digits_statistics(real: np.ndarray, cells: dict, rows: list[dict], n_boot: int) -> dict:
