@@ -145,15 +145,20 @@ def grade_one(otter: str, zip_path: Path, submission: Path, out: Path,
             if t.get("max_score") is not None}
 
 
-def grade_folder(zip_path: Path, submissions: Path, csv_path: Path, otter: str | None = None) -> list[dict]:
-    """Grade every .ipynb in submissions with `otter run`; write one CSV of per-question scores."""
+def grade_folder(zip_path: Path, submissions: Path, csv_path: Path, otter: str | None = None,
+                 workers: int = 2) -> list[dict]:
+    """Grade every .ipynb in submissions with `otter run` (workers at a time); write one CSV of per-question scores."""
+    from concurrent.futures import ThreadPoolExecutor
+
     otter = otter or otter_executable()
     rows, questions = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, sub in enumerate(sorted(submissions.glob("*.ipynb"))):
+    subs = sorted(submissions.glob("*.ipynb"))
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(grade_one, otter, zip_path, sub, Path(tmp) / str(i)) for i, sub in enumerate(subs)]
+        for sub, future in zip(subs, futures):
             row = {"submission": sub.name}
             try:
-                scores = grade_one(otter, zip_path, sub, Path(tmp) / str(i))
+                scores = future.result()
                 for q, (s, _) in scores.items():
                     row[q] = s
                     if q not in questions:
