@@ -245,6 +245,26 @@ def test_mixture_ode_x0_is_the_limit_of_the_solvers(oracle, schedule):
         mixture_ode_x0(oracle.mixture, schedule, x_T, 1000)
 
 
+def test_shipped_comparison_is_this_codes():
+    """results/dpm_compare.json (chapter 14) was made by this solver: one oracle cell regenerated from
+    its seed equals the shipped mean error (the chapter regenerates two others)."""
+    import json
+
+    from ddim_lib.dpm_solver import COMPARE_FILE
+
+    if not COMPARE_FILE.is_file():
+        pytest.skip("no shipped comparison (scripts/dpm_compare.py writes it)")
+    part = json.loads(COMPARE_FILE.read_text())["oracle"]["ring8 (std 0.1)"]
+    row = next(r for r in part["rows"] if r["method"] == "dpm++2m" and r["spacing"] == "logsnr" and r["S"] == 8)
+    schedule = NoiseSchedule.linear(1000)
+    mix = GaussianMixture.ring(**part["mixture"])
+    x_T = torch.randn(part["n"], 2, generator=torch.Generator().manual_seed(part["seed"]), **F64)
+    ref = mixture_ode_x0(mix, schedule, x_T, 999)
+    err = (dpm_solver_pp_2m(OracleEps(mix, schedule), x_T, schedule, logsnr_timesteps(schedule, 8, 999)) - ref).norm(dim=1)
+    assert len(logsnr_timesteps(schedule, 8, 999)) == row["nfe"]
+    np.testing.assert_allclose(err.mean().item(), row["mean_error"], rtol=1e-6)
+
+
 # ---- conventions -------------------------------------------------------------------------------
 def test_float32_and_generator_unused(oracle, schedule):
     x_T = _x(seed=9)
