@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,9 +35,11 @@ from .timesteps import timesteps as make_timesteps
 from .toy import GaussianMixture
 
 __all__ = ["gaussian_sampler_law", "gaussian_kl", "gaussian_frechet", "mixture_moments",
-           "fixed_geometry_mixture", "frechet_to_law", "frechet_floor"]
+           "fixed_geometry_mixture", "frechet_to_law", "frechet_floor", "mode_shares", "SWEEP_FILE"]
 
 VARIANCES = ("eta", "sigma_hat")
+# Shipped by scripts/dimension_sweep.py (chapter 11); present in a clone of the repository.
+SWEEP_FILE = Path(__file__).resolve().parents[1] / "results" / "dimension_sweep.json"
 
 
 def _step_coefficients(a_t: float, a_prev: float, eta: float, variance: str) -> tuple[float, float, float, float]:
@@ -157,3 +160,17 @@ def frechet_floor(mixture: GaussianMixture, n: int, reps: int, generator: torch.
         raise ValueError("reps must be at least 2 to give a standard error")
     vals = np.array([frechet_to_law(mixture.sample(n, generator=generator), mixture) for _ in range(reps)])
     return float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(reps))
+
+
+def mode_shares(samples, mixture: GaussianMixture) -> np.ndarray:
+    """The share of samples (n, d) whose most likely component under the mixture is k, for each k:
+    argmax_k [log w_k + log N(x; mu_k, diag(s_k^2))]. Under the mixture itself the shares tend to
+    the weights w_k when the components are well separated."""
+    x = torch.as_tensor(samples).double()
+    if x.ndim != 2 or x.shape[1] != mixture.dim:
+        raise ValueError(f"samples must have shape (n, d = {mixture.dim}), got {tuple(x.shape)}")
+    var = mixture.stds.double() ** 2                                     # (K, d)
+    diff = x[:, None, :] - mixture.means.double()                        # (n, K, d)
+    log_joint = mixture.weights.double().log() - 0.5 * (diff**2 / var + var.log()).sum(-1)
+    best = log_joint.argmax(1)
+    return (torch.bincount(best, minlength=len(mixture.weights)).double() / len(best)).numpy()

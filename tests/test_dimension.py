@@ -122,3 +122,12 @@ def test_bad_input_is_refused():
         frechet_to_law(torch.zeros(10, 3), fixed_geometry_mixture(4))
     with pytest.raises(ValueError, match="NaN"):
         frechet_to_law(torch.full((10, 4), float("nan")), fixed_geometry_mixture(4))
+
+
+def test_mode_shares_recover_the_weights_of_separated_modes():
+    from ddim_lib.dimension import mode_shares
+    mix = dl.GaussianMixture([[-5.0, 0.0], [5.0, 0.0], [0.0, 5.0]], 0.3, [0.2, 0.3, 0.5])
+    shares = mode_shares(mix.sample(20000, generator=torch.Generator().manual_seed(0)), mix)
+    np.testing.assert_allclose(shares, [0.2, 0.3, 0.5], atol=0.015)   # binomial s.e. <= 0.0036
+    with pytest.raises(ValueError, match="shape"):
+        mode_shares(torch.zeros(5, 3), mix)
