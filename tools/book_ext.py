@@ -288,7 +288,36 @@ def _pdf_hides_hidden_inputs(app, doctree, docname) -> None:
                     node.remove(child)
 
 
+def _keep_cached_outputs_in_the_written_notebook() -> None:
+    """myst-nb (1.4) writes ``jupyter_execute/<doc>.ipynb`` from the notebook object it parsed, but
+    on a jupyter-cache hit its client swaps in a *new*, merged notebook: the copy written then has
+    no outputs and no execution counts (the page itself renders the merged one). The book relies
+    on that copy (the .ipynb download, tests/test_notebooks_executed.py, the PDF after the site),
+    so after a cache hit the merged cells are copied into the parsed notebook object. A no-op
+    when myst-nb keeps the object (a cache miss, or a myst-nb that fixes this)."""
+    try:
+        from myst_nb.core.execute.cache import NotebookClientCache
+    except ImportError:   # another myst-nb layout: nothing to patch
+        return
+    if getattr(NotebookClientCache.start_client, "_book_ext", False):
+        return
+    original_start = NotebookClientCache.start_client
+
+    def start_client(self):
+        parsed = self._notebook
+        original_start(self)
+        merged = self._notebook
+        if merged is not parsed:
+            parsed.clear()
+            parsed.update(merged)
+            self._notebook = parsed
+
+    start_client._book_ext = True
+    NotebookClientCache.start_client = start_client
+
+
 def setup(app):
+    _keep_cached_outputs_in_the_written_notebook()
     app.connect("doctree-resolved", _pdf_hides_hidden_inputs)
     app.connect("config-inited", _add_static)
     app.add_css_file("book.css")
