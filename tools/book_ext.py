@@ -126,7 +126,7 @@ class ClaimsLedger(SphinxDirective):
         return [self._entry(r, cells.get(r["id"], []), present) for r in read_ledger(ledger_path)]
 
     def _entry(self, claim: dict, cells: list, present: set) -> nodes.Node:
-        """One claim as a block: a line ID - paper - chapter - status - checking cells, then the claim.
+        """One claim as a block: a line ID - paper - chapter - checking cells, the claim, its status.
 
         Blocks rather than a six-column table: the statements are long formulas, which a table
         squeezes into a narrow column (and which LaTeX cannot break across table cells).
@@ -137,11 +137,7 @@ class ClaimsLedger(SphinxDirective):
         head += self._inline(claim["paper"])
         many = len(claim["chapters"]) > 1
         chapters = ", ".join(str(c) for c in claim["chapters"])
-        head += nodes.Text(f" · chapter{'s' if many else ''} {chapters} · status: ")
-        status = claim["status"] or "pending"
-        slug = re.sub(r"[^a-z]+", "-", status.lower().split()[0]).strip("-") or "other"
-        head += nodes.inline("", status, classes=["claim-status", f"claim-status-{slug}"])
-        head += nodes.Text(" · checked in ")
+        head += nodes.Text(f" · chapter{'s' if many else ''} {chapters} · checked in ")
         for i, (docname, index, anchor) in enumerate(cells):
             ref = pending_xref("", refdomain="std", reftype="ref", reftarget=anchor,
                                refexplicit=True, refwarn=True, refdoc=self.env.docname)
@@ -154,6 +150,12 @@ class ClaimsLedger(SphinxDirective):
         entry = nodes.container(classes=["claim-entry"], ids=[f"ledger-{claim['id'].lower()}"])
         entry += head
         entry += self.parse_text_to_nodes(claim["claim"])
+        status = claim["status"] or "pending"
+        slug = re.sub(r"[^a-z]+", "-", status.lower().split()[0]).strip("-") or "other"
+        line = nodes.paragraph(classes=["claim-status-line"])
+        line += nodes.strong("", "Status: ")
+        line += nodes.inline("", "", *self._inline(status), classes=["claim-status", f"claim-status-{slug}"])
+        entry += line
         return entry
 
     def _inline(self, text: str) -> list[nodes.Node]:
