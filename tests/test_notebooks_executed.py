@@ -9,7 +9,8 @@ checks, for every chapter in ``notebooks/``:
   (an edit since the build makes the copy stale: rebuild);
 - every code cell has an execution count (nothing was skipped), in increasing order;
 - no output is an error (``allow_errors: false`` and ``-W`` should already stop the build);
-- every checking cell (``# claim: XX``) is among them, so every claim's assertion ran.
+- every checking cell (``# claim: XX``) is among them, so every claim's assertion ran;
+- no printed output shows a machine path (a temporary folder, the checkout, a home directory).
 
 Outside CI (env CI unset) it skips when the site is not built; in CI that is a failure.
 ``make nbval`` still runs nbval over the chapters when an independent second execution is wanted.
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = Path(os.environ.get("DDIM_BOOK_BUILD", ROOT / "book" / "_build")) / "jupyter_execute" / "notebooks"
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 CLAIM_RE = re.compile(r"#\s*claims?:\s*(.+)$")
+MACHINE_PATH_RE = re.compile(r"(?<![\w.])(/tmp/|/var/folders/|/home/|/root/|/Users/|[A-Z]:\\Users\\)\S*|site-packages")
 
 
 def chapters() -> list[Path]:
@@ -72,6 +74,10 @@ def test_chapter_was_executed_by_the_build(chapter):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error" and "raises-exception" not in tags:
                 problems.append(f"{label} raised {out.get('ename')}: {out.get('evalue', '')[:80]}")
+            text = out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
+            shown = MACHINE_PATH_RE.search(text.replace(str(ROOT), "/tmp/"))
+            if shown:
+                problems.append(f"{label} prints a machine path: {shown.group(0)[:60]!r}")
     assert not problems, f"{chapter.name}:\n" + "\n".join(problems)
     assert counts == sorted(counts) and len(set(counts)) == len(counts), \
         f"{chapter.name}: cells were not executed once each, in order: {counts}"
