@@ -145,7 +145,10 @@ def test_saving_a_chapter_from_lab_leaves_it_unchanged(lab, name):
     _call(lab, "PUT", f"/api/contents/{name}",
           {"type": "notebook", "format": "json", "content": nb})
     after = path.read_bytes()
-    assert after == before, f"saving {name} from JupyterLab rewrote it:\n" + "\n".join(
+    hint = ("\nThe header's kernelspec must read, in this order: name: python3, display_name: "
+            f"{spec.display_name}, language: python (see notebooks/jupytext.toml); a '+++' right "
+            "after a code cell is not jupytext's own output: drop it.")
+    assert after == before, f"saving {name} from JupyterLab rewrote it:{hint}\n" + "\n".join(
         line for line in __import__("difflib").unified_diff(
             before.decode().splitlines(), after.decode().splitlines(), lineterm="", n=0))
     assert not list(path.parent.glob("*.ipynb")), "a paired .ipynb appeared next to the chapter"
