@@ -248,9 +248,12 @@ def ctrl_c(delay):
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
         code = 130 if proc.returncode in (130, -signal.SIGINT) else proc.returncode
-        if code == 0:                      # finished before the signal came: not a test of anything
+        # Finished before the signal came (exit 0), or had printed its whole listing and was exiting
+        # when it came (on a loaded machine the import can take longer than the delay): either way
+        # the Ctrl-C did not land in the torch import, so the case tests nothing.
+        if code == 0 or ("digits" in out and not err.strip()):
             pytest.skip("ddim list finished before the Ctrl-C") if "pytest" in sys.modules else None
         return Result(code, err, "Traceback" in err), True
     return fn
