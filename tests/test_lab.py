@@ -191,10 +191,17 @@ def test_double_click_opens_a_notebook_and_saving_keeps_the_file(lab):
         page.wait_for_function("() => /\\[1\\]/.test(document.querySelector('.jp-NotebookPanel .jp-CodeCell "
                                ".jp-InputPrompt')?.innerText || '')", timeout=120_000)
         mtime = path.stat().st_mtime_ns
-        page.keyboard.press("Control+s")
-        deadline = time.monotonic() + 60
-        while path.stat().st_mtime_ns == mtime and time.monotonic() < deadline:
-            time.sleep(0.2)
+        # Ctrl+S as a reader presses it. On a loaded machine a key press can reach the page before
+        # the notebook has focus again after Shift+Enter; then it is pressed again (at most 3 times),
+        # after clicking the notebook's first cell, as a reader would.
+        for attempt in range(3):
+            page.keyboard.press("Control+s")
+            deadline = time.monotonic() + 20
+            while path.stat().st_mtime_ns == mtime and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if path.stat().st_mtime_ns != mtime:
+                break
+            page.locator(".jp-NotebookPanel .jp-Cell").first.click()
         browser.close()
     assert path.stat().st_mtime_ns != mtime, "Ctrl+S did not save the chapter"
     assert cells > 5
