@@ -61,11 +61,25 @@ def test_every_cell_has_its_measures_with_errors():
         assert len(c["fingerprint"]["per_sample_sum"]) == 64
 
 
-def test_uniform_grid_sizes():
-    """The sizes the book states: all 24 uniform cells with S <= 100, those with S <= 20 at n >= 1000."""
+def test_grid_sizes():
+    """The sizes the book states: every uniform cell with S <= 100 at n >= 1000; the S = 1000 cells of
+    DDIM and of both DDPM references at n >= 250; the quadratic cells at n >= 250."""
     uniform = [c for c in CELLS.values() if c["spacing"] == "uniform" and c["S"] <= 100]
     assert len(uniform) == len(table1.ROWS) * len(table1.S_SMALL)
-    assert min(c["n"] for c in uniform if c["S"] <= 20) >= 1000
+    assert min(c["n"] for c in uniform) >= 1000
+    for row in ("eta=0", "eta=1", "sigma_hat (unclamped)", "sigma_hat (x0 clamped)"):
+        assert CELLS[table1.cell_key(row, "uniform", 1000)]["n"] >= 250, row
+    quadratic = [c for c in CELLS.values() if c["spacing"] == "quadratic"]
+    assert len(quadratic) == len(table1.ROWS) * len(table1.S_SMALL) and min(c["n"] for c in quadratic) >= 250
+
+
+def test_e2_entries_are_paired_at_equal_n_with_intervals():
+    for ref_key, entries in RESULTS["e2"].items():
+        assert ref_key in CELLS and ref_key.endswith("|1000")
+        for key, e in entries.items():
+            assert e["n"] == min(CELLS[key]["n"], CELLS[ref_key]["n"])
+            point, lo, hi = e["ratio"]
+            assert 0 < lo <= hi and e["within_10pct"] == ("holds" if hi <= 1.1 else "fails" if lo > 1.1 else "not resolved")
 
 
 def test_comparisons_refer_to_cells_and_verdicts_follow_the_rule():
