@@ -223,7 +223,10 @@ def analyse(args) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     t_start = time.process_time()
-    rng = np.random.default_rng(args.seed)
+    def sub_rng(*names) -> np.random.Generator:
+        """A generator per use (cell, group, pair), so results do not depend on the cache or on order."""
+        return np.random.default_rng([args.seed] + [int(hashlib.sha1(str(n).encode()).hexdigest()[:8], 16)
+                                                     for n in names])
     cells = load_chunks(work)
     if not cells:
         raise SystemExit("analyse: no chunks found; run generate first")
@@ -257,7 +260,7 @@ def analyse(args) -> None:
         kid_v = metrics.kid(feats[key] / kid_scale, real_k)
         pr = metrics.precision_recall(real_feats, feats[key], k=PR_K, blocks=10)
         nn = metrics.nearest_neighbour_distances(c["samples"], real_flat)
-        q = metrics.quantiles_with_se(nn, QS, rng=rng)
+        q = metrics.quantiles_with_se(nn, QS, rng=sub_rng("nn", key))
         out_cells[key] = {
             "row": row, "spacing": spacing, "S": S, "n": c["n"],
             "wall_s": round(c["wall_s"], 2), "cpu_s": round(c["cpu_s"], 2),
@@ -286,7 +289,7 @@ def analyse(args) -> None:
     boots = {}
     for gname, keys in groups.items():
         n = min(cells[k]["n"] for k in keys)
-        values, boot = joint_fd({k: feats[k] for k in keys}, ref, n, args.boot, rng)
+        values, boot = joint_fd({k: feats[k] for k in keys}, ref, n, args.boot, sub_rng("group", *gname))
         for k in keys:
             out_cells[k]["fd"] = [values[k], float(boot[k].std(ddof=1))]
             out_cells[k]["fd_n"] = n
@@ -301,7 +304,7 @@ def analyse(args) -> None:
             _, values, boot = boots[ga]
             fd = (values[ka] - values[kb], float((boot[ka] - boot[kb]).std(ddof=1)))
         else:
-            fd = metrics.paired_bootstrap(ref, feats[ka][:n], feats[kb][:n], n_boot=args.boot, rng=rng)
+            fd = metrics.paired_bootstrap(ref, feats[ka][:n], feats[kb][:n], n_boot=args.boot, rng=sub_rng("pair", ka, kb))
         kd = metrics.kid_difference(feats[ka][:n] / kid_scale, feats[kb][:n] / kid_scale, real_k)
         comparisons.append({"a": ka, "b": kb, "what": what, "n": n,
                             "fd_diff": pair(fd), "fd_verdict": verdict(*fd),
@@ -342,6 +345,7 @@ def analyse(args) -> None:
                 # The ratio of two Frechet distances is skewed at small n: a percentile interval from
                 # a paired bootstrap, at the 3-sigma-equivalent levels (0.135% and 99.865%).
                 boot = np.empty(args.boot_e2)
+                rng = sub_rng("e2", k, kref)
                 for b in range(args.boot_e2):
                     idx = rng.integers(0, n, n)
                     boot[b] = ref(fa[idx]) / ref(fb[idx])
@@ -355,15 +359,15 @@ def analyse(args) -> None:
 
     # Floors: what the data's own law scores at the same n, and real digits' own nearest neighbours.
     ns = sorted({v["fd_n"] for v in out_cells.values()})
-    floors = {"fd": {str(n): list(metrics.frechet_floor(real_feats, n, draws=50, rng=rng)) for n in ns}}
-    perm = rng.permutation(len(real_feats))
+    floors = {"fd": {str(n): list(metrics.frechet_floor(real_feats, n, draws=50, rng=sub_rng("floor", n))) for n in ns}}
+    perm = sub_rng("halves").permutation(len(real_feats))
     half_a, half_b = real_feats[perm[: len(perm) // 2]], real_feats[perm[len(perm) // 2:]]
     pr = metrics.precision_recall(half_a, half_b, k=PR_K)
     floors["precision_recall_halves"] = {"n": [len(half_a), len(half_b)], "precision": [pr["precision"], pr["precision_se"]],
                                          "recall": [pr["recall"], pr["recall_se"]]}
     floors["kid_halves"] = pair(metrics.kid(half_b / kid_scale, half_a / kid_scale))
     nn_real = metrics.nearest_neighbour_distances(real_flat, real_flat, exclude_self=True)
-    floors["nn_real_leave_one_out"] = {str(k): pair(v) for k, v in metrics.quantiles_with_se(nn_real, QS, rng=rng).items()}
+    floors["nn_real_leave_one_out"] = {str(k): pair(v) for k, v in metrics.quantiles_with_se(nn_real, QS, rng=sub_rng("nn_real")).items()}
 
     runs = json.loads((work / "runs.json").read_text()) if (work / "runs.json").exists() else []
     runs += [json.loads(f.read_text()) for f in sorted(work.glob("run_*.json"))]
