@@ -143,3 +143,24 @@ def test_load_results_rejects_a_missing_or_malformed_file(tmp_path):
 def test_cell_key_rejects_unknown_rows_and_spacings(args, match):
     with pytest.raises(ValueError, match=match):
         table1.cell_key(*args)
+
+
+def test_training_length_results_agree_with_the_grid():
+    """results/training_length.json (scripts/table1_training_length.py): three training lengths, the
+    stated n, a manifest, and the shipped 20000-step model's cells equal to the grid's own cells (same
+    latents, noise seeds, clamping and features: two scripts, the same numbers)."""
+    import json
+    tl = json.loads(table1.RESULTS_FILE.with_name("training_length.json").read_text())
+    m = tl["manifest"]
+    assert [mod["steps"] for mod in m["models"]] == [2000, 5000, 20000]
+    assert m["n"] >= 1000 and m["commit"] and m["cpu_s"] > 0 and "/tmp" not in json.dumps(m)
+    for S in m["steps"]:
+        for row in m["rows"]:
+            ours = tl["cells"][f"20000|{row}|{S}"]
+            grid = CELLS[table1.cell_key(row, "uniform", S)]
+            assert ours["n"] == grid["n"]
+            assert abs(ours["fd"][0] - grid["fd"][0]) <= 1e-6 * grid["fd"][0], (row, S)
+            assert table1.fingerprints_match(ours["fingerprint"], grid["fingerprint"]), (row, S)
+        for steps in (2000, 5000, 20000):
+            d, se = tl["differences"][f"{steps}|{S}"]
+            assert se > 0
