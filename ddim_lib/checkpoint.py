@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .models import build_model
-from .rundir import (TMP_PREFIX, RunLock, _discard, _remove_tree, _set_aside, _step_dirs, clean_run_dir,
+from .rundir import (TMP_PREFIX, RunLock, _as_dir, _discard, _remove_tree, _set_aside, _step_dirs, clean_run_dir,
                      find_checkpoint, has_checkpoint, step_dir_name)     # the run directory's side, re-exported here
 from .schedule import NoiseSchedule
 
@@ -222,15 +222,6 @@ def _json_default(obj):
 
 
 # ---- loading -------------------------------------------------------------------------------------
-def _as_dir(path) -> Path:
-    path = Path(path).expanduser()
-    if path.is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    return path
-
-
 def verify_checkpoint(path, files: tuple[str, ...] | None = None) -> dict:
     """The validated manifest of the checkpoint folder ``path`` after checking the SHA-256 of its files.
 

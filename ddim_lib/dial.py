@@ -36,15 +36,20 @@ __all__ = ["GRID_FILE", "load_grid", "INTERP_FILE", "load_interpolation", "paire
 GRID_FILE = Path(__file__).resolve().parents[1] / "results" / "dial_grid.json"
 
 
-def load_grid(path: str | Path = GRID_FILE) -> dict:
-    """The shipped controlled grid of ``scripts/dial_grid.py``: {"manifest", "cells", "unet_error"}."""
+def _load_shipped(path: str | Path, script: str, kind: str, keys: tuple[str, ...]) -> dict:
+    """A shipped results file of ``scripts/<script>`` as a dict, with ``keys`` present; else one ValueError."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"no results file {path.name}: run scripts/dial_grid.py")
+        raise ValueError(f"no results file {path.name}: run scripts/{script}")
     data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "cells" not in data or "manifest" not in data:
-        raise ValueError(f"{path.name} is not a dial grid (no cells or manifest)")
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        raise ValueError(f"{path.name} is not {kind} (no {' or '.join(keys)})")
     return data
+
+
+def load_grid(path: str | Path = GRID_FILE) -> dict:
+    """The shipped controlled grid of ``scripts/dial_grid.py``: {"manifest", "cells", "unet_error"}."""
+    return _load_shipped(path, "dial_grid.py", "a dial grid", ("cells", "manifest"))
 
 
 INTERP_FILE = Path(__file__).resolve().parents[1] / "results" / "dial_interp.json"
@@ -53,13 +58,7 @@ INTERP_FILE = Path(__file__).resolve().parents[1] / "results" / "dial_interp.jso
 def load_interpolation(path: str | Path = INTERP_FILE) -> dict:
     """The shipped interpolation scores of ``scripts/dial_interp.py``: {"manifest", "scores"}, where
     scores[kind][measure] is a list (lambdas) of lists (pairs), kind "slerp" or "lerp"."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no results file {path.name}: run scripts/dial_interp.py")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "scores" not in data or "manifest" not in data:
-        raise ValueError(f"{path.name} is not an interpolation result (no scores or manifest)")
-    return data
+    return _load_shipped(path, "dial_interp.py", "an interpolation result", ("scores", "manifest"))
 
 
 def paired_difference(cell_a: dict, cell_b: dict) -> tuple[float, float]:

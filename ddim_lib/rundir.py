@@ -76,6 +76,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def _as_dir(path) -> Path:
+    """The checkpoint folder ``path`` names (a file inside it names its folder); CheckpointError if absent."""
     from .checkpoint import CheckpointError
 
     path = Path(path).expanduser()
